@@ -1,0 +1,103 @@
+"""The `dsrlb` command: one entry point, each subcommand implemented in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsrlb.config.model import DEFAULT_CONTROL
+
+
+def _check(args: argparse.Namespace) -> int:
+    from dsrlb.config.parser import ConfigError, parse_file
+
+    status = 0
+    for path in args.files:
+        try:
+            config = parse_file(path)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            status = 1
+            continue
+        for warning in config.warnings:
+            print(warning, file=sys.stderr)
+        if not args.quiet:
+            print(f"{path}: ok")
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dsrlb.daemon import run
+
+    return run(args.config)
+
+
+def _client(args: argparse.Namespace) -> int:
+    from dsrlb import control
+
+    return control.cli(args)
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from dsrlb.lab.cli import main as lab_main
+
+    return lab_main(args.lab_args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dsrlb.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsrlb", description="Direct Server Return load balancer")
+    parser.add_argument(
+        "-s", "--socket", default=DEFAULT_CONTROL, help="control socket (default: %(default)s)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate config files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("run", help="run the balancer in the foreground")
+    p.add_argument("-c", "--config", default="/etc/dsrlb/dsrlb.conf")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("show", help="show state of a running daemon")
+    p.add_argument("what", choices=["servers", "targets", "sessions", "stats", "vrrp"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_client)
+
+    p = sub.add_parser("target", help="change a target of a running daemon")
+    p.add_argument("action", choices=["enable", "disable", "drain"])
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_client, what="target")
+
+    p = sub.add_parser("reload", help="reload the config of a running daemon")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_client, what="reload")
+
+    p = sub.add_parser("lab", help="the embedded lab fleet (up, down, status, reboot, exec)")
+    p.add_argument("lab_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_lab)
+
+    p = sub.add_parser("bench", help="forwarding benchmark against the kernel, side by side")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

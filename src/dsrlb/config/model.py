@@ -1,0 +1,129 @@
+"""Plain data produced by the config parser and consumed by everything else.
+
+Nothing outside `dsrlb.config.parser` knows the config syntax; the daemon, the data plane and the
+Ansible modules only see these frozen dataclasses. Only objects that are both registered and enabled
+serve traffic: the parser keeps them all and records the two flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+MODULES = frozenset({"vrrp", "arp", "ping", "hc", "master", "slb", "tnat", "nat", "rt"})
+METHODS = ("maglev", "rr", "random", "hash", "leastsessions", "first")
+DEFAULT_SESSION_TIMEOUT = 600.0
+DEFAULT_METRICS = "127.0.0.1:9410"
+DEFAULT_CONTROL = "/run/dsrlb/control.sock"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a statement came from, for messages in FILE:LINE:COL form."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Interface:
+    id: int
+    name: str
+    access: str = "raw"
+    threads: int = 1
+    registered: bool = False
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class Network:
+    id: int
+    name: str
+    network: IPv4Network  # from addr + mask
+    real: IPv4Address  # the balancer's own address: source of ARP and health checks
+    virt: IPv4Address | None  # shared address that moves with VRRP
+    interface: int
+    registered: bool = False
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    kind: str  # "tcpopen" | "ping" | "http"
+    interval: float  # seconds between probes
+    timeout: float  # down when no probe succeeded for this long
+    port: int | None = None  # tcpopen, http
+    path: str | None = None  # http
+
+
+@dataclass(frozen=True)
+class Target:
+    id: int
+    ipaddr: IPv4Address
+    port: int | None = None
+    protocol: str | None = None
+    checks: tuple[HealthCheck, ...] = ()
+    dsr: bool = False
+    weight: int = 1
+    backup: bool = False
+    registered: bool = False
+    enabled: bool = False
+
+    @property
+    def serving(self) -> bool:
+        return self.registered and self.enabled
+
+
+@dataclass(frozen=True)
+class Server:
+    id: int
+    ipaddr: IPv4Address  # the VIP
+    port: int
+    protocol: str  # "tcp" | "udp"
+    targets: tuple[int, ...]
+    method: str = "maglev"
+    session: float = DEFAULT_SESSION_TIMEOUT  # idle timeout of the client-address session table
+    registered: bool = False
+    enabled: bool = False
+
+    @property
+    def serving(self) -> bool:
+        return self.registered and self.enabled
+
+
+@dataclass(frozen=True)
+class Vrrp:
+    vrid: int
+    priority: int
+    network: int
+    advert_ms: int = 1000
+    preempt: bool = True
+    version: int = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """`set` keys. Unknown keys are config errors."""
+
+    control: str = DEFAULT_CONTROL  # control socket path
+    metrics: str = DEFAULT_METRICS  # "ADDR:PORT" or "off"
+    arprefresh: float = 30.0  # seconds between ARP refreshes of target MACs
+    arpexpire: float = 90.0  # a target MAC unanswered for this long is forgotten
+    drainidle: float = 5.0  # a draining target counts as drained after this idle time
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # file name the config was read from
+    modules: frozenset[str] = frozenset()
+    settings: Settings = field(default_factory=Settings)
+    interfaces: dict[int, Interface] = field(default_factory=dict)
+    networks: dict[int, Network] = field(default_factory=dict)
+    servers: dict[int, Server] = field(default_factory=dict)
+    targets: dict[int, Target] = field(default_factory=dict)
+    vrrp: Vrrp | None = None
+    warnings: tuple[str, ...] = ()  # "FILE:LINE:COL: warning: ..." lines (e.g. gateway in DSR mode)
