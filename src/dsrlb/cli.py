@@ -29,7 +29,7 @@ def _check(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from dsrlb.daemon import run
 
-    return run(args.config)
+    return run(args.config, control=args.socket)
 
 
 def _client(args: argparse.Namespace) -> int:
@@ -53,7 +53,9 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsrlb", description="Direct Server Return load balancer")
     parser.add_argument(
-        "-s", "--socket", default=DEFAULT_CONTROL, help="control socket (default: %(default)s)"
+        "-s",
+        "--socket",
+        help=f"control socket; overrides `set control` for run (default: {DEFAULT_CONTROL})",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
