@@ -238,7 +238,7 @@ class Daemon:
                 mac = self.mac_of(target)
                 if rt is None or mac is None or not rt.up or rt.admin == "disabled":
                     continue
-                forward[tid] = mac
+                forward[tid] = mac + self.ring.mac
                 if rt.admin == "enabled":
                     active.append(tid)
                     candidates.append(
@@ -254,7 +254,9 @@ class Daemon:
         self._selectors = selectors
         answer = frozenset(a.packed for a in self._addresses(config)) if self.answering else frozenset()
         neighbors = frozenset(t.ipaddr.packed for t in self._serving_targets(config).values())
-        self.forwarder.install(ForwardingTable(services, answer, neighbors, self.generation))
+        self.forwarder.install(
+            ForwardingTable(services, answer, neighbors, self.generation, config.settings.drainidle)
+        )
 
     # --- neighbours ---------------------------------------------------------------------------
     async def _resolve_targets(self) -> None:
@@ -310,13 +312,11 @@ class Daemon:
 
     # --- views for control and metrics --------------------------------------------------------
     def admin_view(self, tid: int) -> str:
+        """Admin state as operators see it: a draining target with no open connection is drained."""
         rt = self.runtime[tid]
-        if rt.admin != "draining":
-            return rt.admin
-        assert self.config is not None
-        flows, last = self.forwarder.activity.get(tid, (0, 0.0))
-        idle = time.monotonic() - last
-        return "drained" if flows == 0 or idle >= self.config.settings.drainidle else "draining"
+        if rt.admin == "draining" and self.forwarder.activity.get(tid, (0, 0.0))[0] == 0:
+            return "drained"
+        return rt.admin
 
     def show_targets(self) -> list[dict]:
         assert self.config is not None

@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dsrlb.dataplane.packet import ETH_ARP, ETH_IP, arp_frame, fix_l4_checksum, icmp_echo_reply
-from dsrlb.dataplane.ring import FRAME_SIZE, TP_STATUS_CSUMNOTREADY, TPACKET2_HDR, TX_DATA_OFFSET, PacketRing
+from dsrlb.dataplane.packet import arp_frame, fix_l4_checksum, icmp_echo_reply
+from dsrlb.dataplane.ring import FRAME_SIZE, TP_STATUS_CSUMNOTREADY, TX_DATA_OFFSET, PacketRing
 
 log = logging.getLogger("dsrlb.dataplane")
 
-U16 = struct.Struct("!H")
+RX_HDR = struct.Struct("<IIIH")  # tpacket2_hdr: status, len, snaplen, mac offset
+# Ethernet + IPv4 header without options + the first 4 bytes after it (ports when IHL is 5)
+ETH_IPV4 = struct.Struct("!6s6sHBBHHHBBH4s4sHH")
+ARP = struct.Struct("!H6s4s6x4s")  # op, sender MAC, sender IP, (target MAC), target IP
 PORTS = struct.Struct("!HH")
 STATUS = struct.Struct("<I")
 TX_HDR = struct.Struct("<II")  # tp_status, tp_len
@@ -53,7 +56,7 @@ class Service:
     server_id: int
     selector: Selector
     active: frozenset[int]  # may take new connections
-    forward: dict[int, bytes]  # target -> MAC, for active and draining targets
+    forward: dict[int, bytes]  # target -> new Ethernet addresses (its MAC + ours), active and draining
     timeout: float  # session idle timeout
     state: ServiceState
 
@@ -66,6 +69,7 @@ class ForwardingTable:
     answer: frozenset[bytes]  # addresses we answer ARP and ping for (empty while VRRP backup)
     neighbors: frozenset[bytes]  # addresses whose MAC we learn from ARP (the targets)
     generation: int = 0
+    recent: float = 5.0  # a flow with a packet this recent counts as an open connection
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Forwarder:
         self.stats = Stats()
         self.targets: collections.defaultdict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
         self.neighbors: dict[bytes, tuple[bytes, float]] = {}  # IPv4 -> (MAC, last heard)
-        self.activity: dict[int, tuple[int, float]] = {}  # target -> (open flows, last packet)
+        self.activity: dict[int, tuple[int, float]] = {}  # target -> (recent flows, last packet)
         self.on_neighbor: Callable[[bytes], None] = lambda ip: None
         self.on_vrrp: Callable[[bytes], None] | None = None
         self._pending: collections.deque[Callable[[], None]] = collections.deque()
@@ -123,17 +127,20 @@ class Forwarder:
             raise
 
     def _loop(self) -> None:
+        """The packet path. Deliberately one flat function: in CPython every call, attribute lookup and
+        mmap slice costs a measurable share of a frame's budget, so fields come from two struct
+        unpacks, state lives in locals and the forwarding case is inlined."""
         ring = self.ring
         mm = ring.map
         mv = memoryview(mm)
         own = ring.mac
         max_frame = ring.max_frame
         nrx, ntx, tx_base = ring.rx_frames, ring.tx_frames, ring.tx_base
-        hdr_unpack = TPACKET2_HDR.unpack_from
+        rx_header = RX_HDR.unpack_from
+        ipv4_header = ETH_IPV4.unpack_from
         status_of = STATUS.unpack_from
-        u16 = U16.unpack_from
         ports_of = PORTS.unpack_from
-        tx_hdr = TX_HDR.pack_into
+        tx_header = TX_HDR.pack_into
         stats = self.stats
         drops = stats.drops
         tcount = self.targets
@@ -144,37 +151,26 @@ class Forwarder:
         now = monotonic()
         next_sweep = now + SWEEP_INTERVAL
 
-        def transmit(first: bytes | memoryview, rest: bytes | memoryview = b"") -> int | None:
-            """Copy a frame into the next TX slot; returns the offset of its data or None if full."""
+        def send(frame: bytes) -> None:
+            """Queue a frame we built ourselves (ARP and ICMP replies)."""
             nonlocal tx_slot, queued
             t = tx_base + tx_slot * FRAME_SIZE
             if status_of(mm, t)[0]:
                 ring.flush()
                 queued = 0
-                if status_of(mm, t)[0] & 0x3:
+                if status_of(mm, t)[0]:
                     drops["tx_ring_full"] += 1
-                    return None
-            d = t + TX_DATA_OFFSET
-            n1 = len(first)
-            mm[d : d + n1] = first
-            if rest:
-                mm[d + n1 : d + n1 + len(rest)] = rest
+                    return
+            mm[t + TX_DATA_OFFSET : t + TX_DATA_OFFSET + len(frame)] = frame
+            tx_header(mm, t, 1, len(frame))
             tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
             queued += 1
-            return d
-
-        def commit(d: int, length: int) -> None:
-            nonlocal queued
-            tx_hdr(mm, d - TX_DATA_OFFSET, 1, length)  # status SEND_REQUEST; kernel reads len after it
             stats.tx += 1
-            if queued >= BATCH:
-                ring.flush()
-                queued = 0
 
         while True:
             h = rx_slot * FRAME_SIZE
-            status = status_of(mm, h)[0]
-            if not status & 1:
+            status, length, snap, mac_off = rx_header(mm, h)
+            if not status & 1:  # ring empty: flush, run control plane requests, sleep
                 if queued:
                     ring.flush()
                     queued = 0
@@ -188,11 +184,8 @@ class Forwarder:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
                 continue
-            _, length, snap, mac_off, net_off = hdr_unpack(mm, h)[:5]
-            f = h + mac_off
-            n = h + net_off
             stats.rx += 1
-            if stats.rx & 255 == 0:
+            if stats.rx & 255 == 0:  # under load the ring never empties: do the idle work here too
                 now = monotonic()
                 while pending:
                     pending.popleft()()
@@ -200,108 +193,105 @@ class Forwarder:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
             table = self.table
-            etype = mm[f + 12 : f + 14]
-            if snap < length or length > max_frame:
-                drops["truncated" if snap < length else "oversize"] += 1
-            elif etype == ETH_IP:
-                if length < 34:
-                    drops["runt"] += 1
-                elif mm[f : f + 6] != own:
-                    drops["not_for_us"] += 1
-                else:
-                    vihl = mm[n]
+            f = h + mac_off
+            if snap < length or length > max_frame or length < 38:
+                drops["truncated" if snap < length else "oversize" if length > max_frame else "runt"] += 1
+            else:
+                (dmac, _, etype, vihl, _, total, _, frag, _, proto, _, src, dst, sport, dport) = ipv4_header(
+                    mm, f
+                )
+                if etype == 0x0800:
+                    n = f + 14
                     ihl = (vihl & 15) * 4
-                    total = u16(mm, n + 2)[0]
-                    if vihl >> 4 != 4 or ihl < 20:
+                    if dmac != own:
+                        drops["not_for_us"] += 1
+                    elif vihl >> 4 != 4 or ihl < 20:
                         drops["bad_ip_header"] += 1
-                    elif total < ihl or n - f + total > length:
+                    elif total < ihl or 14 + total > length:
                         drops["bad_ip_length"] += 1
-                    else:
-                        proto = mm[n + 9]
-                        dst = mm[n + 16 : n + 20]
-                        if proto == 6 or proto == 17:
-                            l4 = n + ihl
-                            if u16(mm, n + 6)[0] & 0x3FFF:
-                                drops["fragment"] += 1
-                            elif total - ihl < (20 if proto == 6 else 8):
-                                drops["truncated_l4"] += 1
-                            else:
-                                sport, dport = ports_of(mm, l4)
-                                svc = table.services.get((dst, proto, dport))
-                                if svc is None:
-                                    drops["no_service"] += 1
-                                else:
-                                    state = svc.state
-                                    flows = state.flows
-                                    src = mm[n + 12 : n + 16]
-                                    key = (src, sport)
-                                    syn = proto == 6 and mm[l4 + 13] & 0x12 == 0x02
-                                    fl = flows.get(key)
-                                    mac = None
-                                    if fl is not None:
-                                        t = fl[0]
-                                        mac = svc.forward.get(t)
-                                        if mac is not None and (not syn or t in svc.active):
-                                            fl[1] = now
-                                        else:
-                                            mac = None
-                                    if mac is None:
-                                        t = self._new_flow(svc, src, key, syn or proto == 17, now)
-                                        mac = svc.forward.get(t) if t is not None else None
-                                    if mac is None:
-                                        drops["no_target"] += 1
-                                    else:
-                                        end = n - f + total
-                                        d = transmit(mac + own, mv[f + 12 : f + end])
-                                        if d is not None:
-                                            if status & TP_STATUS_CSUMNOTREADY:
-                                                fix_l4_checksum(mv, d + 14, d + 14 + ihl, d + end)
-                                                stats.checksums_fixed += 1
-                                            commit(d, end)
-                                            stats.forwarded += 1
-                                            c = state.counters
-                                            c[0] += 1
-                                            c[1] += end
-                                            c = tcount[t]
-                                            c[0] += 1
-                                            c[1] += end
-                        elif proto == 1:
-                            if dst in table.answer:
-                                reply = icmp_echo_reply(mm[f : f + n - f + total], n - f, n - f + total, own)
-                                if reply is None:
-                                    drops["icmp_not_echo"] += 1
-                                else:
-                                    d = transmit(reply)
-                                    if d is not None:
-                                        commit(d, len(reply))
-                                        stats.icmp_replies += 1
-                            else:
-                                drops["icmp_not_ours"] += 1
-                        elif proto == 112 and self.on_vrrp is not None:
-                            self.on_vrrp(mm[f : f + n - f + total])
+                    elif proto == 6 or proto == 17:
+                        l4 = n + ihl
+                        if ihl != 20:
+                            sport, dport = ports_of(mm, l4)
+                        if frag & 0x3FFF:
+                            drops["fragment"] += 1
+                        elif total - ihl < (20 if proto == 6 else 8):
+                            drops["truncated_l4"] += 1
                         else:
-                            drops["ip_protocol"] += 1
-            elif etype == ETH_ARP:
-                if length < 42:
-                    drops["runt"] += 1
-                else:
-                    op = u16(mm, f + 20)[0]
-                    spa = mm[f + 28 : f + 32]
+                            svc = table.services.get((dst, proto, dport))
+                            if svc is None:
+                                drops["no_service"] += 1
+                            else:
+                                # flows keep their target (also a draining one) unless a new TCP
+                                # connection starts; anything else goes through the session table
+                                key = (src, sport)
+                                syn = proto == 6 and mm[l4 + 13] & 0x12 == 0x02
+                                fl = svc.state.flows.get(key)
+                                head = None
+                                if fl is not None:
+                                    t = fl[0]
+                                    head = svc.forward.get(t)
+                                    if head is not None and (not syn or t in svc.active):
+                                        fl[1] = now
+                                    else:
+                                        head = None
+                                if head is None:
+                                    t = self._new_flow(svc, src, key, syn or proto == 17, now)
+                                    head = svc.forward.get(t) if t is not None else None
+                                if head is None:
+                                    drops["no_target"] += 1
+                                else:
+                                    end = 14 + total
+                                    x = tx_base + tx_slot * FRAME_SIZE
+                                    if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
+                                        drops["tx_ring_full"] += 1
+                                    else:
+                                        d = x + TX_DATA_OFFSET
+                                        mm[d : d + 12] = head  # the only change: Ethernet addresses
+                                        mm[d + 12 : d + end] = mv[f + 12 : f + end]
+                                        if status & TP_STATUS_CSUMNOTREADY:
+                                            fix_l4_checksum(mv, d + 14, d + 14 + ihl, d + end)
+                                            stats.checksums_fixed += 1
+                                        tx_header(mm, x, 1, end)
+                                        tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
+                                        queued += 1
+                                        if queued >= BATCH:
+                                            ring.flush()
+                                            queued = 0
+                                        stats.tx += 1
+                                        stats.forwarded += 1
+                                        c = svc.state.counters
+                                        c[0] += 1
+                                        c[1] += end
+                                        c = tcount[t]
+                                        c[0] += 1
+                                        c[1] += end
+                    elif proto == 1:
+                        if dst in table.answer:
+                            reply = icmp_echo_reply(mm[f : f + 14 + total], 14, 14 + total, own)
+                            if reply is None:
+                                drops["icmp_not_echo"] += 1
+                            else:
+                                send(reply)
+                                stats.icmp_replies += 1
+                        else:
+                            drops["icmp_not_ours"] += 1
+                    elif proto == 112 and self.on_vrrp is not None:
+                        self.on_vrrp(mm[f : f + 14 + total])
+                    else:
+                        drops["ip_protocol"] += 1
+                elif etype == 0x0806 and length >= 42:
+                    op, sha, spa, tpa = ARP.unpack_from(mm, f + 20)
                     if spa in table.neighbors:
-                        sha = mm[f + 22 : f + 28]
                         known = self.neighbors.get(spa)
                         self.neighbors[spa] = (sha, now)
                         if known is None or known[0] != sha:
                             self.on_neighbor(spa)
-                    tpa = mm[f + 38 : f + 42]
                     if op == 1 and tpa in table.answer and spa != tpa:
-                        reply = arp_frame(2, own, tpa, mm[f + 22 : f + 28], spa)
-                        d = transmit(reply)
-                        if d is not None:
-                            commit(d, len(reply))
-                            stats.arp_replies += 1
-            else:
-                drops["ethertype"] += 1
+                        send(arp_frame(2, own, tpa, sha, spa))
+                        stats.arp_replies += 1
+                else:
+                    drops["ethertype"] += 1
             mm[h : h + 4] = ZERO  # hand the slot back to the kernel
             rx_slot = rx_slot + 1 if rx_slot + 1 < nrx else 0
 
@@ -328,8 +318,10 @@ class Forwarder:
         return t
 
     def _sweep(self, now: float) -> None:
-        """Expire idle flows and sessions; a session lives as long as any of its flows."""
+        """Expire idle flows and sessions (a session lives as long as any of its flows) and count
+        each target's open connections: flows with a packet in the last `recent` seconds."""
         activity: dict[int, list] = {}
+        recent = now - self.table.recent
         for svc in self.table.services.values():
             state = svc.state
             limit = now - svc.timeout
@@ -342,7 +334,8 @@ class Forwarder:
                 if s is not None and s[1] < seen:
                     s[1] = seen
                 a = activity.setdefault(t, [0, 0.0])
-                a[0] += 1
+                if seen >= recent:
+                    a[0] += 1
                 if seen > a[1]:
                     a[1] = seen
             for src in [c for c, s in sessions.items() if s[1] < limit]:

@@ -1,0 +1,928 @@
+"""BalanceNG-style config text to `model.Config`, and back with `render`.
+
+Parsing runs in two passes. The first reads statements and checks every value on its own; the second
+checks what needs the whole file (references, registration, DSR constraints, required modules). Both
+collect every problem with its position instead of stopping at the first, so that `dsrlb check` shows
+an operator everything that is wrong in one run. A bad value never raises anything but `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, NamedTuple
+
+from dsrlb.config import model
+from dsrlb.config.lexer import EOF, LBRACE, NEWLINE, RBRACE, STRING, WORD, Token, tokenize
+
+MAX_ID = 65535
+MAX_SECONDS = 86400.0
+MAX_FILE_BYTES = 16 << 20
+_INT = re.compile(r"[0-9]{1,9}")
+_SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,3})?")
+_IFNAME = re.compile(r"[^\s/:]{1,15}")
+_HTTP_PATH = re.compile(r"/[!-~]*")
+_BARE = re.compile(r'[^\s{}"]+')
+_CONTROL_MAX = 107  # sun_path without its terminating NUL
+_ACTIONS = {
+    "register": ("registered", True),
+    "unregister": ("registered", False),
+    "enable": ("enabled", True),
+    "disable": ("enabled", False),
+}
+_ACTION_KINDS = {
+    word: kind for kind in ("interface", "network", "server", "target") for word in (kind, kind + "s")
+}
+
+
+class ConfigError(Exception):
+    """All problems of one config file, each "FILE:LINE:COL: message", sorted by position."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+class _Item(NamedTuple):
+    """A value, or one element of a comma list, with the position of its first character."""
+
+    text: str
+    line: int
+    col: int
+
+
+class _Fail(Exception):
+    """One bad statement: aborts it and becomes a positioned error."""
+
+    def __init__(self, at: _Item | Token, message: str) -> None:
+        super().__init__(message)
+        self.line, self.col, self.message = at.line, at.col, message
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _alternatives(choices: tuple[str, ...]) -> str:
+    return choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _ranges(ids: list[int]) -> str:
+    """Sorted ids as a list token; runs of three or more become ranges (1,2 stays 1,2)."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[i - 1] + 1:
+            run = ids[start:i]
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+            start = i
+    return ",".join(parts)
+
+
+def _plural(kind: str, ids: list[int]) -> str:
+    return f"{kind} {ids[0]} is" if len(ids) == 1 else f"{kind}s {_ranges(ids)} are"
+
+
+# --- values ------------------------------------------------------------------------------------------
+
+
+def _int(it: _Item, lo: int, hi: int, what: str) -> int:
+    if not _INT.fullmatch(it.text):
+        raise _Fail(it, f"bad {what} {_show(it.text)}: expected a whole number {lo}..{hi}")
+    value = int(it.text)
+    if not lo <= value <= hi:
+        raise _Fail(it, f"{what} {value} is out of range {lo}..{hi}")
+    return value
+
+
+_port = partial(_int, lo=1, hi=65535, what="port")
+
+
+def _seconds(it: _Item, what: str) -> float:
+    if not _SECONDS.fullmatch(it.text):
+        raise _Fail(it, f"bad {what} {_show(it.text)}: expected seconds, e.g. 3 or 0.5")
+    value = float(it.text)
+    if not 0 < value <= MAX_SECONDS:
+        raise _Fail(it, f"{what} {it.text} is out of range: more than 0 and at most {MAX_SECONDS:.0f} s")
+    return value
+
+
+def _choice(it: _Item, choices: tuple[str, ...], what: str) -> str:
+    if it.text not in choices:
+        raise _Fail(it, f"bad {what} {_show(it.text)}: expected {_alternatives(choices)}")
+    return it.text
+
+
+def _flag(it: _Item, on: str, off: str, what: str) -> bool:
+    return _choice(it, (on, off), what) == on
+
+
+def _ipv4(it: _Item) -> IPv4Address:
+    try:
+        return IPv4Address(it.text)
+    except ValueError:
+        raise _Fail(it, f"bad IPv4 address {_show(it.text)}") from None
+
+
+def _host(it: _Item) -> IPv4Address:
+    addr = _ipv4(it)
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr == IPv4Address(0xFFFFFFFF):
+        raise _Fail(it, f"{addr} cannot be the address of a host")
+    return addr
+
+
+def _mask(it: _Item) -> int:
+    """Dotted netmask or prefix length, as a prefix length."""
+    if "." not in it.text:
+        return _int(it, 0, 32, "prefix length")
+    try:
+        host = ~int(IPv4Address(it.text)) & 0xFFFFFFFF
+    except ValueError:
+        raise _Fail(it, f"bad mask {_show(it.text)}: expected e.g. 255.255.255.0 or 24") from None
+    if host & (host + 1):
+        raise _Fail(it, f"bad mask {it.text}: its one bits must be contiguous")
+    return 32 - host.bit_length()
+
+
+def _split(it: _Item) -> list[_Item]:
+    """A comma list token as items, each with its own column."""
+    items, col = [], it.col
+    for part in it.text.split(","):
+        if not part:
+            raise _Fail(_Item(part, it.line, col), "empty element in list")
+        items.append(_Item(part, it.line, col))
+        col += len(part) + 1
+    return items
+
+
+def _ids(it: _Item, what: str = "id") -> list[tuple[_Item, list[int]]]:
+    """`1,3-5` as [(element, [ids])], so that errors about ids can point at their element."""
+    out = []
+    for el in _split(it):
+        lo_text, dash, hi_text = el.text.partition("-")
+        lo = _int(_Item(lo_text, el.line, el.col), 1, MAX_ID, what)
+        hi = _int(_Item(hi_text, el.line, el.col + len(lo_text) + 1), 1, MAX_ID, what) if dash else lo
+        if hi < lo:
+            raise _Fail(el, f"bad range {el.text}: {lo} is greater than {hi}")
+        out.append((el, list(range(lo, hi + 1))))
+    return out
+
+
+def _target_list(it: _Item) -> list[tuple[_Item, list[int]]]:
+    seen: set[int] = set()
+    elements = _ids(it, "target id")
+    for el, ids in elements:
+        for target in ids:
+            if target in seen:
+                raise _Fail(el, f"target {target} is listed twice")
+            seen.add(target)
+    return elements
+
+
+def _ifname(it: _Item) -> str:
+    if not _IFNAME.fullmatch(it.text) or it.text in (".", "..") or len(it.text.encode()) > 15:
+        raise _Fail(it, f"bad interface name {_show(it.text)}: at most 15 bytes, no '/', ':' or spaces")
+    return it.text
+
+
+def _control(it: _Item) -> str:
+    if not it.text.startswith("/"):
+        raise _Fail(it, f"bad control socket {_show(it.text)}: expected an absolute path")
+    if len(it.text.encode()) > _CONTROL_MAX:
+        raise _Fail(it, f"control socket path is longer than {_CONTROL_MAX} bytes")
+    return it.text
+
+
+def _metrics(it: _Item) -> str:
+    if it.text == "off":
+        return "off"
+    addr, colon, port = it.text.rpartition(":")
+    if not colon:
+        raise _Fail(it, f"bad metrics {_show(it.text)}: expected ADDR:PORT or off")
+    address = _ipv4(_Item(addr, it.line, it.col))
+    return f"{address}:{_port(_Item(port, it.line, it.col + len(addr) + 1))}"
+
+
+def _advert(it: _Item) -> int:
+    value = _int(it, 10, 40950, "advert")
+    if value % 10:
+        raise _Fail(it, f"advert {value} must be a multiple of 10 ms")
+    return value
+
+
+def _timing(interval: _Item, timeout: _Item) -> tuple[float, float]:
+    iv, to = _seconds(interval, "interval"), _seconds(timeout, "timeout")
+    if to < iv:
+        raise _Fail(timeout, f"timeout {timeout.text} is shorter than interval {interval.text}")
+    return iv, to
+
+
+def _check_items(it: _Item, usage: str) -> list[_Item]:
+    items = _split(it)
+    if len(items) != usage.count(",") + 1:
+        raise _Fail(it, f"bad {usage.split()[0]} {_show(it.text)}: expected '{usage}'")
+    return items
+
+
+def _tcpopen(it: _Item) -> model.HealthCheck:
+    port, interval, timeout = _check_items(it, "tcpopen PORT,INTERVAL,TIMEOUT")
+    return model.HealthCheck("tcpopen", *_timing(interval, timeout), port=_port(port))
+
+
+def _ping(it: _Item) -> model.HealthCheck:
+    return model.HealthCheck("ping", *_timing(*_check_items(it, "ping INTERVAL,TIMEOUT")))
+
+
+def _http(it: _Item) -> model.HealthCheck:
+    """`http PORT,PATH,INTERVAL,TIMEOUT`; the path is everything between the first and last two commas."""
+    items = _split(it)
+    if len(items) < 4:
+        raise _Fail(it, f"bad http {_show(it.text)}: expected 'http PORT,PATH,INTERVAL,TIMEOUT'")
+    port, *parts, interval, timeout = items
+    path = ",".join(p.text for p in parts)
+    if not _HTTP_PATH.fullmatch(path):
+        raise _Fail(parts[0], f"bad http path {_show(path)}: expected '/...' without spaces")
+    return model.HealthCheck("http", *_timing(interval, timeout), port=_port(port), path=path)
+
+
+# --- block kinds -------------------------------------------------------------------------------------
+
+_Parse = Callable[[_Item], Any] | None  # None: a key without value (`backup`)
+
+
+@dataclass
+class _Block:
+    kind: str
+    id: int | None
+    head: Token
+    keys: dict[str, Token] = field(default_factory=dict)  # every key seen, also those with bad values
+    values: dict[str, Any] = field(default_factory=dict)  # good values, in file order
+    items: dict[str, _Item] = field(default_factory=dict)  # where each value is
+
+    @property
+    def title(self) -> str:
+        return self.kind if self.id is None else f"{self.kind} {self.id}"
+
+
+def _check_network(b: _Block) -> Iterator[tuple[_Item, str]]:
+    v = b.values
+    if "addr" in v and "mask" in v:
+        net = IPv4Network((v["addr"], v["mask"]), strict=False)
+        if net.network_address != v["addr"]:
+            yield b.items["addr"], f"addr {v['addr']} has host bits set: the network is {net}"
+        for key in ("real", "virt"):
+            if key in v and v[key] not in net:
+                yield b.items[key], f"{key} {v[key]} is outside network {net}"
+    if "real" in v and v.get("virt") == v["real"]:
+        yield b.items["virt"], "virt must differ from real"
+
+
+def _check_vrrp(b: _Block) -> Iterator[tuple[_Item, str]]:
+    advert = b.values.get("advert")
+    if advert is not None and b.values.get("version") == 2 and advert % 1000:
+        yield b.items["advert"], f"advert {advert} must be a multiple of 1000 ms with VRRP version 2"
+
+
+def _build_network(b: _Block, flags: dict[str, bool]) -> model.Network:
+    v = dict(b.values)
+    net = IPv4Network((v.pop("addr"), v.pop("mask")))
+    return model.Network(b.id, v.pop("name", ""), net, virt=v.pop("virt", None), **v, **flags)
+
+
+def _build_server(b: _Block, flags: dict[str, bool]) -> model.Server:
+    v = dict(b.values)
+    v["targets"] = tuple(t for _, ids in v["targets"] for t in ids)
+    return model.Server(b.id, **v, **flags)
+
+
+def _build_target(b: _Block, flags: dict[str, bool]) -> model.Target:
+    v = dict(b.values)
+    checks = tuple(v.pop(key) for key in list(v) if key in _CHECK_MODULES)
+    return model.Target(b.id, checks=checks, **v, **flags)
+
+
+def _build_vrrp(b: _Block) -> model.Vrrp:
+    v = dict(b.values)
+    if "advert" in v:
+        v["advert_ms"] = v.pop("advert")
+    return model.Vrrp(**v)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    keys: dict[str, tuple[str, _Parse]]  # key -> (usage, value parser)
+    required: tuple[str, ...] = ()
+    has_id: bool = True
+    module: str | None = None
+    check: Callable[[_Block], Iterator[tuple[_Item, str]]] | None = None
+    build: Callable[[_Block, dict[str, bool]], Any] | None = None
+
+
+_KINDS: dict[str, _Kind] = {
+    "set": _Kind(
+        {
+            "control": ("control PATH", _control),
+            "metrics": ("metrics ADDR:PORT|off", _metrics),
+            "arprefresh": ("arprefresh SECONDS", partial(_seconds, what="arprefresh")),
+            "arpexpire": ("arpexpire SECONDS", partial(_seconds, what="arpexpire")),
+            "drainidle": ("drainidle SECONDS", partial(_seconds, what="drainidle")),
+        },
+        has_id=False,
+    ),
+    "interface": _Kind(
+        {
+            "name": ("name IFNAME", _ifname),
+            "access": ("access raw", partial(_choice, choices=("raw",), what="access")),
+            "threads": ("threads 1..64", partial(_int, lo=1, hi=64, what="threads")),
+        },
+        required=("name",),
+        build=lambda b, flags: model.Interface(b.id, **b.values, **flags),
+    ),
+    "network": _Kind(
+        {
+            "name": ('name "TEXT"', lambda it: it.text),
+            "addr": ("addr ADDRESS", _ipv4),
+            "mask": ("mask NETMASK|PREFIXLEN", _mask),
+            "real": ("real ADDRESS", _host),
+            "virt": ("virt ADDRESS", _host),
+            "interface": ("interface ID", partial(_int, lo=1, hi=MAX_ID, what="interface id")),
+        },
+        required=("addr", "mask", "real", "interface"),
+        module="arp",
+        check=_check_network,
+        build=_build_network,
+    ),
+    "server": _Kind(
+        {
+            "ipaddr": ("ipaddr ADDRESS", _host),
+            "port": ("port 1..65535", _port),
+            "protocol": ("protocol tcp|udp", partial(_choice, choices=("tcp", "udp"), what="protocol")),
+            "targets": ("targets LIST", _target_list),
+            "method": (
+                f"method {'|'.join(model.METHODS)}",
+                partial(_choice, choices=model.METHODS, what="method"),
+            ),
+            "session": ("session SECONDS", partial(_seconds, what="session")),
+        },
+        required=("ipaddr", "port", "protocol", "targets"),
+        module="slb",
+        build=_build_server,
+    ),
+    "target": _Kind(
+        {
+            "ipaddr": ("ipaddr ADDRESS", _host),
+            "port": ("port 1..65535", _port),
+            "protocol": ("protocol tcp|udp", partial(_choice, choices=("tcp", "udp"), what="protocol")),
+            "tcpopen": ("tcpopen PORT,INTERVAL,TIMEOUT", _tcpopen),
+            "ping": ("ping INTERVAL,TIMEOUT", _ping),
+            "http": ("http PORT,PATH,INTERVAL,TIMEOUT", _http),
+            "dsr": ("dsr enable|disable", partial(_flag, on="enable", off="disable", what="dsr")),
+            "weight": ("weight 1..1000", partial(_int, lo=1, hi=1000, what="weight")),
+            "backup": ("backup", None),
+        },
+        required=("ipaddr",),
+        module="slb",
+        build=_build_target,
+    ),
+    "vrrp": _Kind(
+        {
+            "vrid": ("vrid 1..255", partial(_int, lo=1, hi=255, what="vrid")),
+            "priority": ("priority 1..254", partial(_int, lo=1, hi=254, what="priority")),
+            "network": ("network ID", partial(_int, lo=1, hi=MAX_ID, what="network id")),
+            "advert": ("advert MILLISECONDS", _advert),
+            "preempt": ("preempt on|off", partial(_flag, on="on", off="off", what="preempt")),
+            "version": ("version 2|3", partial(_int, lo=2, hi=3, what="version")),
+        },
+        required=("vrid", "priority", "network"),
+        has_id=False,
+        module="vrrp",
+        check=_check_vrrp,
+    ),
+    "gateway": _Kind(
+        {"ipaddr": ("ipaddr ADDRESS", _host), "ping": ("ping INTERVAL,TIMEOUT", _ping)},
+        has_id=False,
+    ),
+}
+_BLOCKS = tuple(kind for kind in _KINDS if kind != "set")
+_STATEMENTS = ("modules", "set", *_BLOCKS, *_ACTIONS)
+_CHECK_MODULES = {"tcpopen": "hc", "http": "hc", "ping": "ping"}
+
+
+# --- parser ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Action:
+    verb: Token
+    kind: str
+    elements: list[tuple[_Item, list[int]]]
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens, self.errors = tokenize(text)
+        self.pos = 0
+        self.warnings: list[tuple[int, int, str]] = []
+        self.modules: tuple[Token, set[str]] | None = None
+        self.blocks: dict[str, dict[int | None, _Block]] = {kind: {} for kind in _BLOCKS}
+        self.settings = _Block("set", None, self.tokens[0])
+        self.actions: list[_Action] = []
+        self.flags: dict[tuple[str, int], dict[str, bool]] = {}
+        self.bad_action = False  # a failed register/enable leaves the flags unknown: no cascade of errors
+
+    def _error(self, at: _Item | Token, message: str) -> None:
+        self.errors.append((at.line, at.col, message))
+
+    def _peek(self) -> Token:
+        return self.tokens[self.pos]
+
+    def _line(self) -> list[Token]:
+        """The tokens of one statement: up to a line break or a brace."""
+        start = self.pos
+        while self.tokens[self.pos].kind not in (NEWLINE, EOF, LBRACE, RBRACE):
+            self.pos += 1
+        return self.tokens[start : self.pos]
+
+    def _skip_block(self) -> None:
+        depth = 0
+        while (tok := self._peek()).kind != EOF:
+            self.pos += 1
+            depth += {LBRACE: 1, RBRACE: -1}.get(tok.kind, 0)
+            if depth == 0:
+                return
+
+    def _open_brace(self) -> Token | None:
+        """The `{` of a block, also when it stands on the next line."""
+        pos = self.pos
+        while self.tokens[pos].kind == NEWLINE:
+            pos += 1
+        if self.tokens[pos].kind != LBRACE:
+            return None
+        self.pos = pos + 1
+        return self.tokens[pos]
+
+    def parse(self) -> None:
+        while (tok := self._peek()).kind != EOF:
+            if tok.kind == NEWLINE:
+                self.pos += 1
+            elif tok.kind == RBRACE:
+                self._error(tok, "unbalanced '}': no block is open")
+                self.pos += 1
+            elif tok.kind == LBRACE:
+                self._error(tok, "unexpected '{': a block starts with its kind, e.g. 'server 1 {'")
+                self._skip_block()
+            else:
+                try:
+                    self._statement(self._line())
+                except _Fail as fail:
+                    self.errors.append((fail.line, fail.col, fail.message))
+
+    def _statement(self, words: list[Token]) -> None:
+        head = words[0]
+        if head.kind == STRING:
+            raise _Fail(head, "a statement cannot start with a quoted string")
+        if head.text == "modules":
+            self._modules(words)
+        elif head.text == "set":
+            self._set(words)
+        elif head.text in _ACTIONS:
+            self._action(words)
+        elif head.text in _BLOCKS:
+            self._block(words)
+        else:
+            if self._peek().kind == LBRACE:
+                self._skip_block()
+            raise _Fail(head, f"unknown statement {_show(head.text)}{_suggest(head.text, _STATEMENTS)}")
+
+    def _modules(self, words: list[Token]) -> None:
+        head = words[0]
+        if self.modules is not None:
+            raise _Fail(head, f"duplicate 'modules' statement (first on line {self.modules[0].line})")
+        have: set[str] = set()
+        self.modules = (head, have)
+        if len(words) != 2:
+            at = head if len(words) < 2 else words[2]
+            raise _Fail(
+                at, f"expected 'modules NAME,NAME,...' with names from {','.join(sorted(model.MODULES))}"
+            )
+        for el in _split(_item(words[1])):
+            if el.text in model.MODULES:
+                have.add(el.text)
+            else:
+                self._error(el, f"unknown module {_show(el.text)}{_suggest(el.text, model.MODULES)}")
+
+    def _set(self, words: list[Token]) -> None:
+        if len(words) > 1:
+            self._key(self.settings, words[1:])
+        elif brace := self._open_brace():
+            self._body(self.settings, brace)
+        else:
+            raise _Fail(words[0], "'set' needs 'KEY VALUE' or a '{' block")
+
+    def _action(self, words: list[Token]) -> None:
+        verb = words[0]
+        try:
+            if len(words) != 3:
+                at = verb if len(words) < 3 else words[3]
+                raise _Fail(at, f"expected '{verb.text} KIND LIST', e.g. '{verb.text} targets 1,2'")
+            kind = _ACTION_KINDS.get(words[1].text)
+            if kind is None:
+                raise _Fail(
+                    words[1],
+                    f"bad kind {_show(words[1].text)}: expected interface, network, server or target",
+                )
+            self.actions.append(_Action(verb, kind, _ids(_item(words[2]), f"{kind} id")))
+        except _Fail:
+            self.bad_action = True
+            raise
+
+    def _block(self, words: list[Token]) -> None:
+        head, args = words[0], words[1:]
+        kind = _KINDS[head.text]
+        block = _Block(head.text, None, head)
+        try:
+            if kind.has_id:
+                if not args:
+                    raise _Fail(head, f"'{head.text}' needs an id: '{head.text} N {{'")
+                block.id = _int(_item(args[0]), 1, MAX_ID, f"{head.text} id")
+                args = args[1:]
+            if args:
+                raise _Fail(args[0], f"unexpected {_show(args[0].text)}: expected '{{'")
+        except _Fail as fail:
+            self.errors.append((fail.line, fail.col, fail.message))
+        brace = self._open_brace()
+        if brace is None:
+            last = words[-1]
+            self.errors.append((last.line, last.end, f"expected '{{' after '{head.text}'"))
+            return
+        self._body(block, brace)
+        for at, message in kind.check(block) if kind.check else ():
+            self._error(at, message)
+        for key in kind.required:
+            if key not in block.keys:
+                self._error(head, f"{block.title} is missing '{key}'")
+        if head.text == "gateway":
+            self.warnings.append((head.line, head.col, "warning: gateway has no effect in DSR mode"))
+        if kind.has_id and block.id is None:
+            return
+        table = self.blocks[head.text]
+        if block.id in table:
+            first = table[block.id].head
+            self._error(head, f"duplicate {block.title} (first defined on line {first.line})")
+        else:
+            table[block.id] = block
+
+    def _body(self, block: _Block, brace: Token) -> None:
+        keys = _KINDS[block.kind].keys
+        while (tok := self._peek()).kind != RBRACE:
+            if tok.kind == NEWLINE:
+                self.pos += 1
+            elif tok.kind == EOF:
+                self._error(brace, f"unbalanced '{{': {block.title} is never closed with '}}'")
+                return
+            elif tok.kind == LBRACE:
+                self._error(tok, "unexpected '{' inside a block")
+                self._skip_block()
+            else:
+                start = self.pos
+                words = self._line()
+                if self._starts_statement(words[0], keys):
+                    where = f"'{tok.text}' on line {tok.line}"
+                    self._error(brace, f"unbalanced '{{': {block.title} is not closed before {where}")
+                    self.pos = start
+                    return
+                self._key(block, words)
+        self.pos += 1
+
+    def _starts_statement(self, word: Token, keys: dict[str, Any]) -> bool:
+        """A top-level statement inside a block means its `}` was forgotten."""
+        if word.kind != WORD or word.text in keys:
+            return False
+        return word.text in ("modules", "set", *_ACTIONS) or (
+            word.text in _BLOCKS and self._peek().kind == LBRACE
+        )
+
+    def _key(self, block: _Block, words: list[Token]) -> None:
+        key, args = words[0], [_item(t) for t in words[1:]]
+        keys = _KINDS[block.kind].keys
+        if key.kind == STRING:
+            self._error(key, "a key cannot be a quoted string")
+            return
+        if key.text not in keys:
+            self._error(key, f"unknown key {_show(key.text)} in {block.kind}{_suggest(key.text, keys)}")
+            return
+        if key.text in block.keys:
+            first = block.keys[key.text]
+            self._error(key, f"duplicate key '{key.text}' (first on line {first.line})")
+            return
+        block.keys[key.text] = key
+        usage, parse = keys[key.text]
+        count = 0 if parse is None else 1
+        try:
+            if len(args) < count:
+                raise _Fail(key, f"'{key.text}' needs a value: '{usage}'")
+            if len(args) > count:
+                raise _Fail(args[count], f"unexpected {_show(args[count].text)}: expected '{usage}'")
+            block.values[key.text] = True if parse is None else parse(args[0])
+        except _Fail as fail:
+            self.errors.append((fail.line, fail.col, fail.message))
+        if args:
+            block.items[key.text] = args[0]
+
+    # --- whole-file checks -----------------------------------------------------------------------
+
+    def resolve(self) -> None:
+        self._check_modules()
+        self._apply_actions()
+        interfaces, networks = self.blocks["interface"], self.blocks["network"]
+        for b in networks.values():
+            if "interface" in b.values and b.values["interface"] not in interfaces:
+                self._error(b.items["interface"], f"interface {b.values['interface']} is not defined")
+        for b in self.blocks["vrrp"].values():
+            if "network" in b.values and b.values["network"] not in networks:
+                self._error(b.items["network"], f"network {b.values['network']} is not defined")
+        self._check_servers()
+
+    def _check_modules(self) -> None:
+        if self.modules is None:
+            self.errors.append((1, 1, "missing 'modules' statement, e.g. 'modules arp,hc,ping,slb,vrrp'"))
+            return
+        head, have = self.modules
+        hint = f"add it to 'modules' on line {head.line}"
+        for kind, table in self.blocks.items():
+            need = _KINDS[kind].module
+            for b in table.values():
+                if need and need not in have:
+                    self._error(b.head, f"{kind} needs module '{need}': {hint}")
+                for key, module in _CHECK_MODULES.items():
+                    if kind == "target" and key in b.keys and module not in have:
+                        self._error(b.keys[key], f"'{key}' needs module '{module}': {hint}")
+
+    def _apply_actions(self) -> None:
+        """register/enable in file order; an object must be defined before it is named."""
+        for action in self.actions:
+            flag, value = _ACTIONS[action.verb.text]
+            table = self.blocks[action.kind]
+            for el, ids in action.elements:
+                missing = [i for i in ids if i not in table]
+                later = [i for i in ids if i in table and _after(table[i].head, action.verb)]
+                if missing:
+                    self._error(el, f"{_plural(action.kind, missing)} not defined")
+                if later:
+                    verb = action.verb.text
+                    self._error(
+                        el, f"{_plural(action.kind, later)} defined only later: define before '{verb}'"
+                    )
+                for i in ids:
+                    if i in table:
+                        flags = self.flags.setdefault(
+                            (action.kind, i), {"registered": False, "enabled": False}
+                        )
+                        flags[flag] = value
+
+    def _registered(self, kind: str, ident: int) -> bool:
+        return self.flags.get((kind, ident), {}).get("registered", False)
+
+    def _check_servers(self) -> None:
+        targets = self.blocks["target"]
+        addresses: dict[tuple[Any, ...], int] = {}
+        users: dict[int, int] = {}  # target -> first server that uses it
+        for sid, s in sorted(self.blocks["server"].items()):
+            v = s.values
+            for el, ids in v.get("targets", ()):
+                missing = [t for t in ids if t not in targets]
+                if missing:
+                    self._error(el, f"{_plural('target', missing)} not defined")
+                unregistered = [t for t in ids if t in targets and not self._registered("target", t)]
+                if unregistered and self._registered("server", sid) and not self.bad_action:
+                    self._error(el, f"{_plural('target', unregistered)} not registered")
+                for t in ids:
+                    if t in targets:
+                        users.setdefault(t, sid)
+                        self._check_same(targets[t], s)
+            address = tuple(v.get(key) for key in ("ipaddr", "port", "protocol"))
+            if None not in address and address in addresses:
+                where = f"{address[0]}:{address[1]}/{address[2]}"
+                self._error(
+                    s.head, f"server {sid} has the same address {where} as server {addresses[address]}"
+                )
+            addresses.setdefault(address, sid)
+        for t, sid in sorted(users.items()):
+            b = targets[t]
+            if "dsr" not in b.keys or b.values.get("dsr") is False:
+                self._error(
+                    b.keys.get("dsr", b.head),
+                    f"target {t} is used by server {sid} but lacks 'dsr enable': only DSR mode is supported",
+                )
+
+    def _check_same(self, target: _Block, server: _Block) -> None:
+        """Only Ethernet addresses change in DSR, so a target cannot listen elsewhere than its VIP."""
+        for key in ("port", "protocol"):
+            mine, theirs = target.values.get(key), server.values.get(key)
+            if mine is not None and theirs is not None and mine != theirs:
+                self._error(
+                    target.items[key],
+                    f"target {target.id} {key} {mine} differs from server {server.id} ({theirs}): "
+                    "DSR does not translate it",
+                )
+
+    def build(self, source: str) -> model.Config:
+        def objects(kind: str) -> dict[int, Any]:
+            build = _KINDS[kind].build
+            assert build is not None
+            return {i: build(b, self.flags.get((kind, i), {})) for i, b in self.blocks[kind].items()}
+
+        vrrp = self.blocks["vrrp"].get(None)
+        assert self.modules is not None
+        return model.Config(
+            source=source,
+            modules=frozenset(self.modules[1]),
+            settings=model.Settings(**self.settings.values),
+            interfaces=objects("interface"),
+            networks=objects("network"),
+            servers=objects("server"),
+            targets=objects("target"),
+            vrrp=_build_vrrp(vrrp) if vrrp else None,
+            warnings=tuple(
+                f"{source}:{line}:{col}: {message}" for line, col, message in sorted(self.warnings)
+            ),
+        )
+
+
+def _item(tok: Token) -> _Item:
+    return _Item(tok.text, tok.line, tok.vcol)
+
+
+def _after(a: Token, b: Token) -> bool:
+    return (a.line, a.col) > (b.line, b.col)
+
+
+# --- public API --------------------------------------------------------------------------------------
+
+
+def parse_text(text: str, source: str = "<string>") -> model.Config:
+    """Parse config text; `source` names it in messages. Raises ConfigError with every problem found."""
+    parser = _Parser(text)
+    parser.parse()
+    parser.resolve()
+    if parser.errors:
+        raise ConfigError([f"{source}:{line}:{col}: {msg}" for line, col, msg in sorted(set(parser.errors))])
+    return parser.build(source)
+
+
+def parse_file(path: str) -> model.Config:
+    """Parse a config file; an unreadable or non-UTF-8 file is a ConfigError too."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([f"{path}: cannot read: larger than {MAX_FILE_BYTES >> 20} MiB"])
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line, col = (
+            data.count(b"\n", 0, err.start) + 1,
+            len(data[line_start : err.start].decode(errors="replace")) + 1,
+        )
+        raise ConfigError([f"{path}:{line}:{col}: not UTF-8 text (byte 0x{data[err.start]:02x})"]) from None
+    return parse_text(text, path)
+
+
+# --- canonical text ----------------------------------------------------------------------------------
+
+
+def _word(text: str) -> str:
+    if _BARE.fullmatch(text) and not text.startswith("//"):
+        return text
+    if '"' in text or "\n" in text:
+        raise ValueError(f"cannot write {text!r} in a config: it contains '\"' or a line break")
+    return f'"{text}"'
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0")
+
+
+def _check_text(check: model.HealthCheck) -> str:
+    timing = f"{_num(check.interval)},{_num(check.timeout)}"
+    if check.kind == "ping":
+        return f"ping {timing}"
+    if check.kind == "http":
+        return f"http {_word(f'{check.port},{check.path},{timing}')}"
+    return f"tcpopen {check.port},{timing}"
+
+
+def _block_text(head: str, lines: list[str | None]) -> list[str]:
+    return ["", f"{head} {{", *(f"    {line}" for line in lines if line is not None), "}"]
+
+
+def render(config: model.Config) -> str:
+    """Canonical config text for `config`; `parse_text(render(c))` equals `c` up to source and warnings.
+
+    Format, in this order, so that equal configs give equal text (the Ansible module writes the same):
+    `modules` with sorted names; one `set KEY VALUE` line per setting that differs from its default;
+    then a blank line before each block: interfaces, networks, servers, targets (each by id), vrrp.
+    Blocks hold one `key value` per line, indented by four spaces, in the order of the language
+    reference; optional keys appear only when they differ from their default (`dsr enable` when set).
+    Masks are dotted, seconds are written without a fraction when whole. Last, after a blank line, per
+    kind (interface, network, server, target): `register` then `enable`, each with the sorted ids of
+    the objects that have the flag (singular kind for one id, plural with `1,2` / `1-4` lists otherwise).
+    Strings are bare words when possible, else quoted; a string with `"` or a line break is a ValueError.
+    """
+    out = [f"modules {','.join(sorted(config.modules))}"]
+    defaults = model.Settings()
+    for f in dataclasses.fields(model.Settings):
+        value = getattr(config.settings, f.name)
+        if value != getattr(defaults, f.name):
+            out.append(f"set {f.name} {_word(value) if isinstance(value, str) else _num(value)}")
+    for i in sorted(config.interfaces):
+        ifc = config.interfaces[i]
+        out += _block_text(
+            f"interface {i}",
+            [
+                f"name {_word(ifc.name)}",
+                f"access {_word(ifc.access)}" if ifc.access != "raw" else None,
+                f"threads {ifc.threads}" if ifc.threads != 1 else None,
+            ],
+        )
+    for i in sorted(config.networks):
+        net = config.networks[i]
+        out += _block_text(
+            f"network {i}",
+            [
+                f"name {_word(net.name)}" if net.name else None,
+                f"addr {net.network.network_address}",
+                f"mask {net.network.netmask}",
+                f"real {net.real}",
+                f"virt {net.virt}" if net.virt else None,
+                f"interface {net.interface}",
+            ],
+        )
+    for i in sorted(config.servers):
+        srv = config.servers[i]
+        out += _block_text(
+            f"server {i}",
+            [
+                f"ipaddr {srv.ipaddr}",
+                f"port {srv.port}",
+                f"protocol {srv.protocol}",
+                f"targets {','.join(map(str, srv.targets))}",
+                f"method {srv.method}" if srv.method != model.METHODS[0] else None,
+                f"session {_num(srv.session)}" if srv.session != model.DEFAULT_SESSION_TIMEOUT else None,
+            ],
+        )
+    for i in sorted(config.targets):
+        tgt = config.targets[i]
+        out += _block_text(
+            f"target {i}",
+            [
+                f"ipaddr {tgt.ipaddr}",
+                f"port {tgt.port}" if tgt.port is not None else None,
+                f"protocol {tgt.protocol}" if tgt.protocol is not None else None,
+                *(_check_text(check) for check in tgt.checks),
+                "dsr enable" if tgt.dsr else None,
+                f"weight {tgt.weight}" if tgt.weight != 1 else None,
+                "backup" if tgt.backup else None,
+            ],
+        )
+    if config.vrrp:
+        vr, default = config.vrrp, model.Vrrp(0, 0, 0)
+        out += _block_text(
+            "vrrp",
+            [
+                f"vrid {vr.vrid}",
+                f"priority {vr.priority}",
+                f"network {vr.network}",
+                f"advert {vr.advert_ms}" if vr.advert_ms != default.advert_ms else None,
+                f"preempt {'on' if vr.preempt else 'off'}" if vr.preempt != default.preempt else None,
+                f"version {vr.version}" if vr.version != default.version else None,
+            ],
+        )
+    out.append("")
+    for kind, table in (
+        ("interface", config.interfaces),
+        ("network", config.networks),
+        ("server", config.servers),
+        ("target", config.targets),
+    ):
+        for verb, flag in (("register", "registered"), ("enable", "enabled")):
+            ids = sorted(i for i, obj in table.items() if getattr(obj, flag))
+            if ids:
+                out.append(f"{verb} {kind if len(ids) == 1 else kind + 's'} {_ranges(ids)}")
+    return "\n".join(out) + "\n"

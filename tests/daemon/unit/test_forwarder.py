@@ -1,0 +1,297 @@
+"""The forwarding loop on an in-memory ring: every frame in, every frame out, byte for byte."""
+
+from __future__ import annotations
+
+import mmap
+import socket
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+from dsrlb.dataplane import ring as R
+from dsrlb.dataplane.forwarder import TX_HDR, Forwarder, ForwardingTable, Service, ServiceState
+from dsrlb.selection import Candidate, Selector
+
+OWN = "02:00:00:00:00:01"
+CLIENT_MAC = "02:00:00:00:00:99"
+MAC = {1: "02:00:00:00:00:0a", 2: "02:00:00:00:00:0b", 3: "02:00:00:00:00:0c"}
+VIP = "172.16.1.10"
+VIRT = "172.16.1.253"
+
+
+def raw(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+class MemoryRing:
+    """A PacketRing stand-in backed by anonymous memory: tests write RX slots as the kernel would and
+    read back what the loop queued for transmission."""
+
+    def __init__(self, rx_frames: int = 64, tx_frames: int = 16) -> None:
+        self.rx_frames, self.tx_frames = rx_frames, tx_frames
+        self.tx_base = rx_frames * R.FRAME_SIZE
+        self.map = mmap.mmap(-1, (rx_frames + tx_frames) * R.FRAME_SIZE)
+        self.mac = raw(OWN)
+        self.max_frame = 1514
+        self.sent: list[bytes] = []
+        self.next_rx = 0
+        self.forwarder: Forwarder | None = None
+
+    def put(self, frame: bytes, status: int = R.TP_STATUS_USER, snap: int | None = None) -> None:
+        """Fill the next RX slot as the kernel does: header first, then the frame."""
+        h = self.next_rx * R.FRAME_SIZE
+        snap = len(frame) if snap is None else snap
+        R.TPACKET2_HDR.pack_into(self.map, h, status, len(frame), snap, 66, 80, 0, 0, 0, 0)
+        self.map[h + 66 : h + 66 + snap] = frame[:snap]
+        self.next_rx = (self.next_rx + 1) % self.rx_frames
+
+    def flush(self) -> None:
+        for i in range(self.tx_frames):
+            t = self.tx_base + i * R.FRAME_SIZE
+            status, length = TX_HDR.unpack_from(self.map, t)
+            if status == 1:
+                d = t + R.TX_DATA_OFFSET
+                self.sent.append(bytes(self.map[d : d + length]))
+                self.map[t : t + 4] = b"\0\0\0\0"
+
+    def wait(self, timeout_ms: int) -> None:  # the ring is empty: end this run of the loop
+        assert self.forwarder is not None
+        self.forwarder._stop.set()
+
+
+class Harness:
+    def __init__(self, method: str = "maglev", targets: tuple[int, ...] = (1, 2), timeout: float = 600.0):
+        self.ring = MemoryRing()
+        self.fwd = Forwarder(self.ring)  # type: ignore[arg-type]
+        self.ring.forwarder = self.fwd
+        self.state = ServiceState()  # UDP service
+        self.tcp_state = ServiceState()
+        self.method = method
+        self.timeout = timeout
+        self.learned: list[bytes] = []
+        self.fwd.on_neighbor = self.learned.append
+        self.set_targets(active=targets)
+
+    def set_targets(self, active: tuple[int, ...], draining: tuple[int, ...] = ()) -> None:
+        selector = Selector(self.method, [Candidate(t, f"t{t}") for t in active])
+        forward = {t: raw(MAC[t]) + raw(OWN) for t in (*active, *draining)}
+        services = {
+            (socket.inet_aton(VIP), 17, 53): Service(
+                1, selector, frozenset(active), forward, self.timeout, self.state
+            ),
+            (socket.inet_aton(VIP), 6, 80): Service(
+                2, selector, frozenset(active), forward, self.timeout, self.tcp_state
+            ),
+        }
+        answer = frozenset({socket.inet_aton(VIP), socket.inet_aton(VIRT)})
+        neighbors = frozenset(socket.inet_aton(f"172.16.1.{99 + t}") for t in MAC)
+        self.fwd.install(ForwardingTable(services, answer, neighbors))
+
+    def run(self, *frames: bytes, status: int = R.TP_STATUS_USER) -> list[bytes]:
+        """Feed frames through one run of the loop; returns what it transmitted."""
+        self.ring.next_rx = 0  # each run of the loop starts at slot 0
+        for frame in frames:
+            self.ring.put(frame, status)
+        return self.loop()
+
+    def loop(self) -> list[bytes]:
+        self.ring.sent.clear()
+        self.fwd._stop.clear()
+        self.fwd._loop()
+        return list(self.ring.sent)
+
+
+def udp(src: str = "198.18.0.10", sport: int = 1000, dport: int = 53, payload: bytes = b"q" * 20) -> bytes:
+    return bytes(
+        Ether(src=CLIENT_MAC, dst=OWN) / IP(src=src, dst=VIP) / UDP(sport=sport, dport=dport) / payload
+    )
+
+
+def tcp(src: str = "198.18.0.10", sport: int = 1000, flags: str = "A") -> bytes:
+    return bytes(
+        Ether(src=CLIENT_MAC, dst=OWN) / IP(src=src, dst=VIP) / TCP(sport=sport, dport=80, flags=flags)
+    )
+
+
+def target_of(frame: bytes) -> int:
+    return next(t for t, mac in MAC.items() if frame[:6] == raw(mac))
+
+
+def test_rewrites_only_ethernet_addresses() -> None:
+    h = Harness()
+    frame = udp()
+    [out] = h.run(frame)
+    assert out[6:12] == raw(OWN)
+    assert out[:6] in {raw(MAC[1]), raw(MAC[2])}
+    assert out[12:] == frame[12:]
+    assert h.fwd.stats.forwarded == 1
+
+
+def test_many_clients_reach_both_targets_and_keep_their_session() -> None:
+    h = Harness()
+    first = [target_of(f) for f in h.run(*[udp(src=f"198.18.1.{i}") for i in range(1, 41)])]
+    assert set(first) == {1, 2}
+    again = [target_of(f) for f in h.run(*[udp(src=f"198.18.1.{i}", sport=2000) for i in range(1, 41)])]
+    assert again == first  # new flows of known clients follow the session
+    assert len(h.state.sessions) == 40
+    assert sum(h.state.load.values()) == 40
+
+
+def test_down_target_loses_its_flows_and_sessions() -> None:
+    h = Harness(method="rr")
+    outs = h.run(*[udp(src=f"198.18.1.{i}") for i in range(1, 11)])
+    on_two = [i for i, f in zip(range(1, 11), outs, strict=True) if target_of(f) == 2]
+    assert on_two
+    h.set_targets(active=(1,))
+    outs = h.run(*[udp(src=f"198.18.1.{i}") for i in on_two])
+    assert {target_of(f) for f in outs} == {1}
+    assert all(h.state.sessions[socket.inet_aton(f"198.18.1.{i}")][0] == 1 for i in on_two)
+
+
+def test_drain_moves_new_connections_and_keeps_open_ones() -> None:
+    h = Harness(method="first", targets=(1, 2))
+    [out] = h.run(tcp(sport=1000, flags="S"))
+    assert target_of(out) == 1
+    h.set_targets(active=(2,), draining=(1,))
+    # the open connection keeps its target
+    assert [target_of(f) for f in h.run(tcp(sport=1000))] == [1]
+    # a new connection from the same client goes elsewhere, and its session follows
+    assert [target_of(f) for f in h.run(tcp(sport=1001, flags="S"))] == [2]
+    assert h.tcp_state.sessions[socket.inet_aton("198.18.0.10")][0] == 2
+    # packets of both connections keep going where they started
+    assert [target_of(f) for f in h.run(tcp(sport=1000), tcp(sport=1001))] == [1, 2]
+    # a UDP packet of an unknown flow is a new flow too
+    h2 = Harness(method="first", targets=(1, 2))
+    h2.run(udp(sport=5))
+    h2.set_targets(active=(2,), draining=(1,))
+    assert [target_of(f) for f in h2.run(udp(sport=5), udp(sport=6))] == [1, 2]
+
+
+def test_disabled_target_gets_nothing() -> None:
+    h = Harness(method="first")
+    h.run(tcp(sport=1, flags="S"))
+    h.set_targets(active=(2,))
+    assert [target_of(f) for f in h.run(tcp(sport=1))] == [2]
+
+
+def test_unfinished_checksum_is_completed() -> None:
+    h = Harness()
+    good = udp(payload=b"checksum me" * 3)
+    broken = bytearray(good)
+    broken[40:42] = b"\x12\x34"  # what a veth peer leaves: not the real checksum
+    [out] = h.run(bytes(broken), status=R.TP_STATUS_USER | R.TP_STATUS_CSUMNOTREADY)
+    assert out[12:] == good[12:]
+    raw_tcp = bytearray(
+        bytes(
+            Ether(src=CLIENT_MAC, dst=OWN)
+            / IP(src="198.18.0.10", dst=VIP)
+            / TCP(sport=7, dport=80, flags="PA")
+            / b"GET / HTTP/1.0\r\n\r\n"
+        )
+    )
+    want = bytes(raw_tcp)
+    raw_tcp[50:52] = b"\x00\x00"
+    [out] = h.run(bytes(raw_tcp), status=R.TP_STATUS_USER | R.TP_STATUS_CSUMNOTREADY)
+    assert out[12:] == want[12:]
+    assert h.fwd.stats.checksums_fixed == 2
+
+
+def test_answers_arp_for_vip_and_virt_only() -> None:
+    h = Harness()
+    asks = [
+        bytes(
+            Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
+            / ARP(op=1, hwsrc=CLIENT_MAC, psrc="172.16.1.254", pdst=addr)
+        )
+        for addr in (VIP, VIRT, "172.16.1.100")
+    ]
+    out = h.run(*asks)
+    assert len(out) == 2
+    for frame, addr in zip(out, (VIP, VIRT), strict=True):
+        arp = Ether(frame)[ARP]
+        assert (arp.op, arp.hwsrc, arp.psrc, arp.pdst, arp.hwdst) == (
+            2,
+            OWN,
+            addr,
+            "172.16.1.254",
+            CLIENT_MAC,
+        )
+
+
+def test_learns_target_macs_from_arp() -> None:
+    h = Harness()
+    reply = bytes(
+        Ether(src=MAC[1], dst=OWN)
+        / ARP(op=2, hwsrc=MAC[1], psrc="172.16.1.100", hwdst=OWN, pdst="172.16.1.252")
+    )
+    stranger = bytes(
+        Ether(src=MAC[3], dst=OWN) / ARP(op=2, hwsrc=MAC[3], psrc="172.16.1.77", pdst="172.16.1.252")
+    )
+    assert h.run(reply, stranger) == []
+    assert h.fwd.neighbors[socket.inet_aton("172.16.1.100")][0] == raw(MAC[1])
+    assert socket.inet_aton("172.16.1.77") not in h.fwd.neighbors
+    assert h.learned == [socket.inet_aton("172.16.1.100")]
+
+
+def test_answers_ping_to_vip() -> None:
+    h = Harness()
+    ping = bytes(Ether(src=CLIENT_MAC, dst=OWN) / IP(src="198.18.0.10", dst=VIP) / ICMP(id=7, seq=3) / b"abc")
+    [out] = h.run(ping)
+    reply = Ether(out)
+    assert reply.dst == CLIENT_MAC and reply[IP].src == VIP and reply[IP].dst == "198.18.0.10"
+    assert reply[ICMP].type == 0 and (reply[ICMP].id, reply[ICMP].seq) == (7, 3)
+    rebuilt = Ether(out)
+    del rebuilt[IP].chksum, rebuilt[ICMP].chksum
+    assert bytes(Ether(bytes(rebuilt))) == out  # both checksums are right
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (udp()[:30], "runt"),
+        (bytes(Ether(dst=OWN, type=0x88B5) / (b"\x00" * 50)), "ethertype"),
+        (bytes(Ether(src=CLIENT_MAC, dst=MAC[3]) / IP(dst=VIP) / UDP(dport=53)), "not_for_us"),
+        (udp()[:14] + b"\x43" + udp()[15:], "bad_ip_header"),
+        (udp()[:16] + b"\x05\xdc" + udp()[18:], "bad_ip_length"),
+        (bytes(Ether(dst=OWN) / IP(dst=VIP, flags="MF") / UDP(dport=53)), "fragment"),
+        (bytes(Ether(dst=OWN) / IP(dst=VIP, proto=6) / (b"\x00" * 8)), "truncated_l4"),
+        (bytes(Ether(dst=OWN) / IP(dst=VIP) / UDP(dport=54)), "no_service"),
+        (bytes(Ether(dst=OWN) / IP(dst="172.16.1.99") / ICMP()), "icmp_not_ours"),
+        (bytes(Ether(dst=OWN) / IP(dst=VIP, proto=47) / (b"x" * 20)), "ip_protocol"),
+    ],
+)
+def test_malformed_frames_are_counted_and_do_not_stop_forwarding(frame: bytes, reason: str) -> None:
+    h = Harness()
+    out = h.run(frame, udp())
+    assert len(out) == 1 and out[0][12:] == udp()[12:]
+    assert h.fwd.stats.drops[reason] == 1
+
+
+def test_truncated_capture_is_dropped() -> None:
+    h = Harness()
+    h.ring.put(udp(), snap=40)
+    h.ring.put(udp())
+    assert len(h.loop()) == 1 and h.fwd.stats.drops["truncated"] == 1
+
+
+def test_idle_sessions_and_flows_expire() -> None:
+    h = Harness(timeout=30.0)
+    h.run(udp(src="198.18.0.1"), udp(src="198.18.0.2"))
+    assert len(h.state.sessions) == 2
+    now = h.state.flows[(socket.inet_aton("198.18.0.1"), 1000)][1]
+    h.state.flows[(socket.inet_aton("198.18.0.2"), 1000)][1] = now + 25  # .2 stays busy
+    h.fwd._sweep(now + 31)
+    assert list(h.state.sessions) == [socket.inet_aton("198.18.0.2")]
+    assert list(h.state.flows) == [(socket.inet_aton("198.18.0.2"), 1000)]
+    assert sum(h.state.load.values()) == 1
+
+
+def test_recent_flows_count_as_open_connections() -> None:
+    h = Harness(method="first")
+    h.run(tcp(sport=1), tcp(sport=2))
+    now = h.tcp_state.flows[(socket.inet_aton("198.18.0.10"), 1)][1]
+    h.fwd._sweep(now + 1)
+    assert h.fwd.activity[1][0] == 2
+    h.fwd._sweep(now + 6)
+    assert h.fwd.activity[1][0] == 0

@@ -1,0 +1,104 @@
+"""Maglev table: balance, minimal disruption, determinism across processes, weights."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from dsrlb.maglev import TABLE_SIZE, build_table, lookup, stable_hash
+
+
+def backends(n: int, weight: int = 1) -> dict[int, tuple[str, int]]:
+    return {i: (f"172.16.{i // 200}.{i % 200 + 1}:80", weight) for i in range(1, n + 1)}
+
+
+@pytest.fixture(scope="module")
+def table100():
+    return build_table(backends(100))
+
+
+def test_equal_weights_balance(table100):
+    counts = Counter(table100)
+    assert len(table100) == TABLE_SIZE
+    assert set(counts) == set(range(1, 101))
+    assert max(counts.values()) / (TABLE_SIZE / 100) <= 1.01
+
+
+def test_removing_one_backend_remaps_few_slots(table100):
+    fewer = backends(100)
+    del fewer[37]
+    after = build_table(fewer)
+    assert 37 not in after
+    moved = sum(1 for a, b in zip(table100, after, strict=True) if a != b)
+    assert moved / TABLE_SIZE <= 1 / 100 + 0.01
+    # slots of surviving backends mostly stay where they were
+    kept = sum(1 for a, b in zip(table100, after, strict=True) if a != 37 and a == b)
+    assert kept / sum(1 for a in table100 if a != 37) >= 0.99
+
+
+def test_independent_of_input_order_and_ids():
+    forward = backends(10)
+    backward = dict(reversed(list(forward.items())))
+    assert build_table(forward) == build_table(backward)
+    # ids are labels only: the same keys under other ids give the same slots
+    renumbered = {tid + 1000: value for tid, value in forward.items()}
+    assert [tid + 1000 for tid in build_table(forward)] == list(build_table(renumbered))
+
+
+def test_same_table_in_other_processes():
+    here = hashlib.sha256(build_table(backends(7)).tobytes()).hexdigest()
+    script = (
+        "import hashlib; from dsrlb.maglev import build_table\n"
+        "b = {i: (f'172.16.{i // 200}.{i % 200 + 1}:80', 1) for i in range(7, 0, -1)}\n"
+        "print(hashlib.sha256(build_table(b).tobytes()).hexdigest())"
+    )
+    for seed in ("0", "4242"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == here
+
+
+def test_weights_give_proportional_shares():
+    table = build_table({1: ("a:80", 1), 2: ("b:80", 2), 3: ("c:80", 3)})
+    counts = Counter(table)
+    for tid, share in ((1, 1 / 6), (2, 2 / 6), (3, 3 / 6)):
+        assert abs(counts[tid] / TABLE_SIZE - share) <= 0.02
+
+
+def test_scaled_weights_give_the_same_table():
+    assert build_table({1: ("a:80", 1), 2: ("b:80", 2)}) == build_table({1: ("a:80", 10), 2: ("b:80", 20)})
+
+
+def test_empty_and_single():
+    assert len(build_table({})) == 0
+    assert set(build_table({5: ("x:80", 3)})) == {5}
+
+
+def test_lookup_and_stable_hash():
+    table = build_table(backends(3))
+    h = stable_hash(bytes([198, 18, 0, 10]))
+    assert lookup(table, h) == table[h % TABLE_SIZE]
+    assert 0 <= h < 2**64
+    assert stable_hash(b"x", 0) != stable_hash(b"x", 1)
+    assert stable_hash(b"x") == stable_hash(b"x")
+
+
+@pytest.mark.parametrize(
+    ("mapping", "size", "message"),
+    [
+        ({1: ("a", 0)}, TABLE_SIZE, "weight"),
+        ({1: ("a", 1), 2: ("a", 1)}, TABLE_SIZE, "share the key"),
+        ({-1: ("a", 1)}, TABLE_SIZE, "out of range"),
+        ({1: ("a", 1)}, 65536, "prime"),
+    ],
+)
+def test_bad_input_is_a_clear_error(mapping, size, message):
+    with pytest.raises(ValueError, match=message):
+        build_table(mapping, size)

@@ -1,0 +1,112 @@
+"""Selector: what each method picks, weights, backups, load."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from dsrlb.config.model import METHODS
+from dsrlb.selection import Candidate, Selector
+
+
+def clients(n: int) -> list[bytes]:
+    return [bytes([198, 18, i >> 8 & 0xFF, i & 0xFF]) for i in range(n)]
+
+
+def shares(picks) -> dict[int, float]:
+    counts = Counter(picks)
+    total = sum(counts.values())
+    return {tid: count / total for tid, count in counts.items()}
+
+
+A, B, C = Candidate(1, "172.16.1.100:80"), Candidate(2, "172.16.1.101:80"), Candidate(3, "172.16.1.102:80")
+WEIGHTED = [Candidate(1, "a:80", 1), Candidate(2, "b:80", 2), Candidate(3, "c:80", 3)]
+
+
+def test_rr_cycles_in_list_order():
+    selector = Selector("rr", [B, A, C])
+    assert [selector.pick(b"\0\0\0\0") for _ in range(6)] == [2, 1, 3, 2, 1, 3]
+
+
+def test_rr_is_smooth_and_weighted():
+    selector = Selector("rr", [Candidate(1, "a", 5), Candidate(2, "b", 1), Candidate(3, "c", 1)])
+    assert [selector.pick(b"\0\0\0\0") for _ in range(14)] == [1, 1, 2, 1, 3, 1, 1] * 2
+
+
+def test_random_follows_weights():
+    random.seed(7)
+    selector = Selector("random", WEIGHTED)
+    got = shares(selector.pick(b"\1\2\3\4") for _ in range(30000))
+    for tid, share in ((1, 1 / 6), (2, 2 / 6), (3, 3 / 6)):
+        assert abs(got[tid] - share) < 0.02
+
+
+@pytest.mark.parametrize("method", ["hash", "maglev"])
+def test_client_methods_follow_weights_and_are_stable(method):
+    selector = Selector(method, WEIGHTED)
+    picks = [selector.pick(client) for client in clients(30000)]
+    got = shares(picks)
+    for tid, share in ((1, 1 / 6), (2, 2 / 6), (3, 3 / 6)):
+        assert abs(got[tid] - share) < 0.02
+    # the same client always lands on the same target, also with a second balancer's selector
+    other = Selector(method, list(reversed(WEIGHTED)) if method == "maglev" else WEIGHTED)
+    assert [other.pick(client) for client in clients(30000)] == picks
+    assert {selector.pick(b"\xc6\x12\x00\x0a") for _ in range(100)} == {picks[10]}
+
+
+def test_maglev_keeps_clients_of_surviving_targets():
+    before = Selector("maglev", [A, B, C])
+    after = Selector("maglev", [A, C])
+    survivors = [client for client in clients(5000) if before.pick(client) != 2]
+    moved = sum(1 for client in survivors if after.pick(client) != before.pick(client))
+    assert moved / len(survivors) < 0.01  # maglev's disruption is minimal, not zero
+
+
+def test_leastsessions_uses_load_per_weight_and_list_order():
+    selector = Selector("leastsessions", [Candidate(1, "a", 1), Candidate(2, "b", 4), Candidate(3, "c", 1)])
+    assert selector.pick(b"\0\0\0\0", {1: 3, 2: 8, 3: 1}) == 3  # 3/1, 8/4, 1/1
+    assert selector.pick(b"\0\0\0\0", {1: 3, 2: 4, 3: 2}) == 2  # 3, 1, 2
+    assert selector.pick(b"\0\0\0\0", {1: 2, 2: 8, 3: 2}) == 1  # tie 2, 2, 2: list order
+    assert selector.pick(b"\0\0\0\0", {1: 5, 2: 1}) == 3  # missing load counts as 0
+    assert selector.pick(b"\0\0\0\0") == 1
+
+
+def test_first_takes_list_order():
+    assert Selector("first", [C, A, B]).pick(b"\0\0\0\0") == 3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_backups_only_when_no_primary(method):
+    backup = Candidate(9, "172.16.1.109:80", backup=True)
+    with_primary = Selector(method, [backup, A, B])
+    assert 9 not in {with_primary.pick(client, {}) for client in clients(300)}
+    only_backups = Selector(method, [backup, Candidate(8, "172.16.1.108:80", backup=True)])
+    assert {only_backups.pick(client, {}) for client in clients(300)} <= {8, 9}
+    assert only_backups.pick(b"\1\1\1\1", {}) is not None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_candidate_gives_none(method):
+    assert Selector(method, []).pick(b"\1\2\3\4") is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_spreads_or_orders(method):
+    selector = Selector(method, [A, B, C])
+    picks = [selector.pick(client, {}) for client in clients(3000)]
+    assert set(picks) == ({1} if method in ("first", "leastsessions") else {1, 2, 3})
+
+
+@pytest.mark.parametrize(
+    ("method", "candidates", "message"),
+    [
+        ("roundrobin", [A], "unknown selection method"),
+        ("rr", [Candidate(1, "a", 0)], "weight"),
+        ("rr", [A, A], "duplicate"),
+    ],
+)
+def test_bad_input_is_a_clear_error(method, candidates, message):
+    with pytest.raises(ValueError, match=message):
+        Selector(method, candidates)
