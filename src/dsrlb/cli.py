@@ -9,7 +9,7 @@ from dsrlb.config.model import DEFAULT_CONTROL
 
 
 def _check(args: argparse.Namespace) -> int:
-    from dsrlb.config.parser import ConfigError, parse_file
+    from dsrlb.config.parser import ConfigError, parse_file, render
 
     status = 0
     for path in args.files:
@@ -21,7 +21,9 @@ def _check(args: argparse.Namespace) -> int:
             continue
         for warning in config.warnings:
             print(warning, file=sys.stderr)
-        if not args.quiet:
+        if args.canonical:
+            print(render(config), end="")
+        elif not args.quiet:
             print(f"{path}: ok")
     return status
 
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate config files")
     p.add_argument("files", nargs="+")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    p.add_argument("--canonical", action="store_true", help="print the config in canonical form")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("run", help="run the balancer in the foreground")
