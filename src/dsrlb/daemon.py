@@ -26,11 +26,13 @@ from dsrlb.dataplane.packet import arp_frame, gratuitous_arp
 from dsrlb.dataplane.ring import PacketRing
 from dsrlb.health import HealthMonitor
 from dsrlb.selection import Candidate, Selector
+from dsrlb.vrrp import GROUP_MAC, INIT, MASTER, VrrpRouter
 
 log = logging.getLogger("dsrlb")
 
 PROTOCOLS = {"tcp": 6, "udp": 17}
 ARP_RETRY = 1.0  # seconds between ARP requests for a target whose MAC we do not know
+GARP_BURST = (0.0, 0.1, 0.2, 3.0)  # gratuitous ARP on taking over: a burst, then once more later
 
 
 class StartupError(Exception):
@@ -80,7 +82,11 @@ class Daemon:
         self._selectors: dict[tuple, Selector] = {}
         self._rebuild_scheduled = False
         self.started = time.monotonic()
-        self.answering = True  # VRRP master or alone
+        self.answering = True  # answer ARP and ping for our addresses: VRRP master, or alone
+        self.forwarding = True  # forward to targets: as answering, and while handing over on stop
+        self.vrrp: VrrpRouter | None = None
+        self._handing_over = False
+        self.usable: dict[int, int] = {}  # server id -> targets that may take new clients
         self.stopping: asyncio.Event | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -109,19 +115,26 @@ class Daemon:
         self.forwarder = Forwarder(self.ring)
         loop = asyncio.get_running_loop()
         self.forwarder.on_neighbor = lambda ip: loop.call_soon_threadsafe(self.schedule_rebuild)
+        self.forwarder.on_vrrp = lambda frame: loop.call_soon_threadsafe(self._vrrp_receive, frame)
+        self.ring.join(GROUP_MAC)
         self.stopping = asyncio.Event()
         self._apply(self.config)
         self.forwarder.start()
+        if self.vrrp:
+            self.vrrp.start()
         servers = await self._start_servers()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         arp_task = asyncio.create_task(self._resolve_targets())
-        self._announce()
+        if not self.vrrp:
+            self._announce()
         systemd.notify("READY=1\nSTATUS=forwarding")
         log.info("forwarding on %s (%s) with %s", self.interface.name, self.ring.mac.hex(":"), self.path)
         await self.stopping.wait()
         systemd.notify("STOPPING=1")
+        if self.vrrp:
+            await self._hand_over()
         arp_task.cancel()
         for rt in self.runtime.values():
             if rt.task:
@@ -187,6 +200,7 @@ class Daemon:
                     rt.task = asyncio.get_running_loop().create_task(rt.monitor.run())
         for sid in [s for s in self.states if s not in config.servers]:
             del self.states[sid]
+        self._configure_vrrp(config)
         self.ring.attach_filter(bpf.program(self._addresses(config)))
         self.rebuild()
 
@@ -247,6 +261,9 @@ class Daemon:
             key = (server.method, tuple(candidates))
             selector = selectors.get(key) or self._selectors.get(key) or Selector(server.method, candidates)
             selectors[key] = selector
+            self.usable[server.id] = len(active)
+            if not self.forwarding:
+                continue  # a VRRP backup stays silent
             state = self.states.setdefault(server.id, ServiceState())
             services[(server.ipaddr.packed, PROTOCOLS[server.protocol], server.port)] = Service(
                 server.id, selector, frozenset(active), forward, server.session, state
@@ -292,6 +309,81 @@ class Daemon:
             return
         for addr in self._addresses(self.config):
             self._send(gratuitous_arp(self.ring.mac, addr.packed))
+
+    def _announce_burst(self) -> None:
+        loop = asyncio.get_running_loop()
+        for delay in GARP_BURST:
+            loop.call_later(delay, self._announce)
+
+    # --- VRRP ---------------------------------------------------------------------------------
+    def _configure_vrrp(self, config: Config) -> None:
+        """Create the VRRP router on first load; later loads update it in place where they can."""
+        wanted = config.vrrp
+        if wanted is None:
+            if self.vrrp is not None:
+                self.vrrp.shutdown()
+                self.vrrp = None
+            self.answering = self.forwarding = True
+            return
+        source = config.networks[wanted.network].real
+        addresses = self._addresses(config)
+        router = self.vrrp
+        if router is not None and (router.config.vrid, router.config.version, router.source) == (
+            wanted.vrid,
+            wanted.version,
+            source,
+        ):
+            router.config, router.priority, router.addresses = wanted, wanted.priority, tuple(addresses)
+            return
+        if router is not None:
+            router.shutdown()
+        self.vrrp = VrrpRouter(
+            wanted,
+            source,
+            addresses,
+            self.ring.mac,
+            self._send,
+            self._vrrp_state,
+            self._announce_burst,
+            ready=self._ready,
+        )
+        self.answering = self.forwarding = False
+        if router is not None:
+            self.vrrp.start()
+
+    def _vrrp_receive(self, frame: bytes) -> None:
+        if self.vrrp is not None:
+            self.vrrp.receive(frame)
+
+    def _vrrp_state(self, state: str) -> None:
+        self.answering = state == MASTER
+        self.forwarding = self.answering or (state == INIT and self._handing_over)
+        self.rebuild()
+
+    def _ready(self) -> bool:
+        """Ready to take over from a working master: every server has a target to send clients to,
+        or the longest health-check timeout has passed since start (then there is nothing to wait for)."""
+        assert self.config is not None
+        longest = max((c.timeout for t in self.config.targets.values() for c in t.checks), default=0.0)
+        if time.monotonic() - self.started > longest + 1:
+            return True
+        return all(self.usable.get(s.id, 0) > 0 for s in self.config.servers.values() if s.serving)
+
+    async def _hand_over(self) -> None:
+        """Clean stop of a master: announce priority 0 and keep forwarding until the backup has
+        taken over, so no request is lost."""
+        router = self.vrrp
+        assert router is not None
+        self._handing_over = router.state == MASTER
+        asked = time.monotonic()
+        router.shutdown()
+        if not self._handing_over:
+            return
+        deadline = asked + router.master_down_interval() + 1.0
+        while router.peer_master_seen < asked and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(max(0.2, 2 * router.advert_interval))  # frames already on their way to us
+        log.info("handed over after %.2f s", time.monotonic() - asked)
 
     def _send(self, frame: bytes) -> None:
         try:
@@ -400,7 +492,7 @@ class Daemon:
         }
 
     def show_vrrp(self) -> dict:
-        return {"state": "disabled"}
+        return self.vrrp.view() if self.vrrp else {"state": "disabled"}
 
 
 def run(path: str, control: str | None = None) -> int:

@@ -90,6 +90,29 @@ def render(daemon: Daemon) -> str:
         "Config generation in service (1 = first load).",
         [({}, stats["generation"])],
     )
+    vrrp = daemon.show_vrrp()
+    if vrrp["state"] != "disabled":
+        vrid = {"vrid": vrrp["vrid"]}
+        metric(
+            "vrrp_master",
+            "gauge",
+            "1 while this balancer is VRRP master.",
+            [(vrid, int(vrrp["state"] == "master"))],
+        )
+        metric("vrrp_transitions_total", "counter", "VRRP state changes.", [(vrid, vrrp["transitions"])])
+        metric("vrrp_adverts_sent_total", "counter", "VRRP adverts sent.", [(vrid, vrrp["adverts_sent"])])
+        metric(
+            "vrrp_adverts_received_total",
+            "counter",
+            "Valid VRRP adverts received from peers.",
+            [(vrid, vrrp["adverts_received"])],
+        )
+        metric(
+            "vrrp_drops_total",
+            "counter",
+            "VRRP frames dropped, by reason.",
+            [({**vrid, "reason": r}, n) for r, n in sorted(vrrp["drops"].items())],
+        )
     return "\n".join(lines) + "\n"
 
 

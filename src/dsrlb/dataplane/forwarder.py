@@ -203,7 +203,12 @@ class Forwarder:
                 if etype == 0x0800:
                     n = f + 14
                     ihl = (vihl & 15) * 4
-                    if dmac != own:
+                    if proto == 112:  # VRRP adverts go to a multicast MAC; the control plane validates
+                        if self.on_vrrp is None:
+                            drops["vrrp_disabled"] += 1
+                        else:
+                            self.on_vrrp(mm[f : f + length])
+                    elif dmac != own:
                         drops["not_for_us"] += 1
                     elif vihl >> 4 != 4 or ihl < 20:
                         drops["bad_ip_header"] += 1
@@ -276,8 +281,6 @@ class Forwarder:
                                 stats.icmp_replies += 1
                         else:
                             drops["icmp_not_ours"] += 1
-                    elif proto == 112 and self.on_vrrp is not None:
-                        self.on_vrrp(mm[f : f + 14 + total])
                     else:
                         drops["ip_protocol"] += 1
                 elif etype == 0x0806 and length >= 42:

@@ -14,6 +14,8 @@ import struct
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_MULTICAST = 0
 PACKET_RX_RING = 5
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
@@ -113,6 +115,12 @@ class PacketRing:
         insns = (SockFilter * len(program))(*[SockFilter(*i) for i in program])
         fprog = SockFprog(len(program), insns)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(memoryview(fprog)))
+
+    def join(self, mac: bytes) -> None:
+        """Receive frames sent to a multicast MAC (VRRP adverts) even on NICs that filter them."""
+        ifindex = socket.if_nametoindex(self.ifname)
+        mreq = struct.pack("iHH8s", ifindex, PACKET_MR_MULTICAST, len(mac), mac)
+        self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
 
     def wait(self, timeout_ms: int) -> None:
         self.poller.poll(timeout_ms)

@@ -1,0 +1,295 @@
+"""VRRP (RFC 5798 version 3, RFC 3768 version 2) for a pair of balancers sharing VIPs and `virt`.
+
+`VrrpRouter` is the protocol state machine; it does no I/O itself: it gets received frames, sends
+frames through a callback and reports state changes, so the daemon wires it to its sockets and tests
+can wire two of them to each other. Beyond the RFC, a master that hears a lower-priority master
+answers at once (advert + gratuitous ARP) so a healed split brain converges within one round trip,
+and a router that is not ready (targets not yet checked) does not preempt a working master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from dsrlb.config.model import Vrrp
+from dsrlb.dataplane.packet import checksum, ones_sum
+
+log = logging.getLogger("dsrlb.vrrp")
+
+PROTO = 112
+GROUP = IPv4Address("224.0.0.18")
+GROUP_MAC = bytes.fromhex("01005e000012")
+TTL = 255
+
+INIT, BACKUP, MASTER = "init", "backup", "master"
+
+
+@dataclass(frozen=True)
+class Advert:
+    version: int
+    vrid: int
+    priority: int
+    interval_cs: int  # centiseconds (version 2: whole seconds converted)
+    source: IPv4Address
+    addresses: tuple[IPv4Address, ...]
+
+
+class BadAdvert(ValueError):
+    """A frame that is not a valid advert; the message is the drop reason for the counters."""
+
+
+def build(
+    version: int,
+    vrid: int,
+    priority: int,
+    advert_ms: int,
+    source: IPv4Address,
+    addresses: Sequence[IPv4Address],
+    mac: bytes,
+) -> bytes:
+    """An advert as a complete Ethernet frame, sourced from `source` with our MAC."""
+    addrs = b"".join(a.packed for a in addresses)
+    if version == 3:
+        body = struct.pack("!BBBBH", 0x31, vrid, priority, len(addresses), (advert_ms // 10) & 0x0FFF)
+        vrrp = body + b"\0\0" + addrs
+        pseudo = ones_sum(source.packed + GROUP.packed + struct.pack("!HH", PROTO, len(vrrp)))
+        csum = checksum(vrrp, pseudo)
+    else:
+        body = struct.pack("!BBBBBB", 0x21, vrid, priority, len(addresses), 0, max(1, advert_ms // 1000))
+        vrrp = body + b"\0\0" + addrs + b"\0" * 8
+        csum = checksum(vrrp)
+    vrrp = vrrp[:6] + struct.pack("!H", csum) + vrrp[8:]
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(vrrp), 0, 0, TTL, PROTO, 0, source.packed, GROUP.packed
+    )
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return GROUP_MAC + mac + b"\x08\x00" + ip + vrrp
+
+
+def parse(frame: bytes) -> Advert:
+    """Validate and decode an advert frame (Ethernet + IPv4 + VRRP); raises BadAdvert."""
+    if len(frame) < 14 + 20 + 8:
+        raise BadAdvert("short")
+    ip = frame[14:]
+    ihl = (ip[0] & 15) * 4
+    total = struct.unpack_from("!H", ip, 2)[0]
+    if ip[0] >> 4 != 4 or ihl < 20 or total > len(ip) or total < ihl + 8:
+        raise BadAdvert("bad_ip")
+    if ip[8] != TTL:
+        raise BadAdvert("ttl")
+    if ip[9] != PROTO:
+        raise BadAdvert("protocol")
+    source = IPv4Address(ip[12:16])
+    vrrp = ip[ihl:total]
+    version, kind = vrrp[0] >> 4, vrrp[0] & 15
+    if kind != 1 or version not in (2, 3):
+        raise BadAdvert("version")
+    count = vrrp[3]
+    need = 8 + 4 * count + (8 if version == 2 else 0)
+    if len(vrrp) < need:
+        raise BadAdvert("length")
+    if version == 3:
+        pseudo = ones_sum(ip[12:20] + struct.pack("!HH", PROTO, len(vrrp)))
+        ok = checksum(vrrp, pseudo) == 0
+        interval = struct.unpack_from("!H", vrrp, 4)[0] & 0x0FFF
+    else:
+        ok = checksum(vrrp) == 0
+        interval = vrrp[5] * 100
+    if not ok:
+        raise BadAdvert("checksum")
+    addresses = tuple(IPv4Address(vrrp[8 + 4 * i : 12 + 4 * i]) for i in range(count))
+    return Advert(version, vrrp[1], vrrp[2], interval, source, addresses)
+
+
+@dataclass
+class Counters:
+    sent: int = 0
+    received: int = 0
+    transitions: int = 0
+    drops: collections.Counter = field(default_factory=collections.Counter)
+
+
+class VrrpRouter:
+    """One virtual router instance (RFC 5798 section 6.4), driven by asyncio timers."""
+
+    def __init__(
+        self,
+        config: Vrrp,
+        source: IPv4Address,
+        addresses: Sequence[IPv4Address],
+        mac: bytes,
+        send: Callable[[bytes], None],
+        on_state: Callable[[str], None],
+        announce: Callable[[], None],
+        ready: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.addresses = tuple(addresses)
+        self.mac = mac
+        self._send = send
+        self._on_state = on_state
+        self._announce = announce
+        self._ready = ready
+        self._clock = clock
+        self.priority = config.priority
+        self.state = INIT
+        self.master: IPv4Address | None = None  # last known master
+        self.master_adver_cs = config.advert_ms // 10  # learned from the master (v3)
+        self.counters = Counters()
+        self.since = clock()
+        self.peer_master_seen = 0.0  # when another router last advertised as master (priority > 0)
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- timing (RFC 5798 6.1) ---------------------------------------------------------------
+    @property
+    def advert_interval(self) -> float:
+        return self.config.advert_ms / 1000
+
+    def skew(self, priority: int | None = None) -> float:
+        cs = self.master_adver_cs if self.config.version == 3 else self.config.advert_ms // 10
+        return ((256 - (priority or self.priority)) * cs / 256) / 100
+
+    def master_down_interval(self) -> float:
+        cs = self.master_adver_cs if self.config.version == 3 else self.config.advert_ms // 10
+        return 3 * cs / 100 + self.skew()
+
+    # --- events -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.priority == 255:
+            self._become_master("owner of the addresses")
+        else:
+            self._become_backup(None, "startup")
+
+    def receive(self, frame: bytes) -> None:
+        try:
+            advert = parse(frame)
+        except BadAdvert as err:
+            self.counters.drops[str(err)] += 1
+            return
+        if advert.vrid != self.config.vrid:
+            self.counters.drops["other_vrid"] += 1
+            return
+        if advert.source == self.source:
+            return  # our own advert, looped back
+        if advert.version != self.config.version:
+            self.counters.drops["version_mismatch"] += 1
+            return
+        self.counters.received += 1
+        if advert.priority:
+            self.peer_master_seen = self._clock()
+        if self.state == BACKUP:
+            if advert.priority == 0:
+                self._arm(
+                    self.skew(), lambda: self._become_master(f"master {advert.source} left (priority 0)")
+                )
+            elif not self.config.preempt or advert.priority >= self.priority or not self._ready():
+                self.master = advert.source
+                if advert.version == 3 and advert.interval_cs:
+                    self.master_adver_cs = advert.interval_cs
+                self._arm(self.master_down_interval(), self._master_down)
+            # else: a lower-priority master and we preempt: let the timer expire
+        elif self.state == MASTER:
+            if advert.priority == 0:
+                self._advertise()
+            elif self._wins(advert):
+                self._become_backup(advert, f"higher priority master {advert.source} ({advert.priority})")
+            else:
+                # a lower-priority master: split brain healing, re-assert now
+                log.info(
+                    "vrid %d: lower priority master %s (%d) seen, re-asserting",
+                    self.config.vrid,
+                    advert.source,
+                    advert.priority,
+                )
+                self._advertise()
+                self._announce()
+
+    def _wins(self, advert: Advert) -> bool:
+        """True when the advert's sender should be master instead of us."""
+        if advert.priority != self.priority:
+            return advert.priority > self.priority
+        return int(advert.source) > int(self.source)
+
+    def shutdown(self) -> None:
+        """Leave: a master sends priority 0 so a backup takes over after skew time, not 3 intervals."""
+        self._cancel()
+        if self.state == MASTER:
+            self.priority = 0
+            self._send_advert()
+        self._set_state(INIT, "shutdown")
+
+    # --- transitions --------------------------------------------------------------------------
+    def _master_down(self) -> None:
+        self._become_master(f"no advert from a master for {self.master_down_interval():.2f} s")
+
+    def _become_master(self, why: str) -> None:
+        self.master = self.source
+        self._set_state(MASTER, why)
+        self._advertise()
+        self._announce()
+
+    def _become_backup(self, advert: Advert | None, why: str) -> None:
+        if advert is not None:
+            self.master = advert.source
+            if advert.version == 3 and advert.interval_cs:
+                self.master_adver_cs = advert.interval_cs
+        self._set_state(BACKUP, why)
+        self._arm(self.master_down_interval(), self._master_down)
+
+    def _set_state(self, state: str, why: str) -> None:
+        if state == self.state:
+            return
+        log.info("vrid %d: %s -> %s: %s", self.config.vrid, self.state, state, why)
+        self.state = state
+        self.since = self._clock()
+        self.counters.transitions += 1
+        self._on_state(state)
+
+    # --- adverts ------------------------------------------------------------------------------
+    def _advertise(self) -> None:
+        self._send_advert()
+        self._arm(self.advert_interval, self._advertise)
+
+    def _send_advert(self) -> None:
+        c = self.config
+        self._send(
+            build(c.version, c.vrid, self.priority, c.advert_ms, self.source, self.addresses, self.mac)
+        )
+        self.counters.sent += 1
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def view(self) -> dict:
+        c = self.config
+        return {
+            "state": self.state,
+            "vrid": c.vrid,
+            "priority": self.priority,
+            "version": c.version,
+            "advert_ms": c.advert_ms,
+            "preempt": c.preempt,
+            "source": str(self.source),
+            "master": str(self.master) if self.master else None,
+            "addresses": [str(a) for a in self.addresses],
+            "since": round(self._clock() - self.since, 1),
+            "transitions": self.counters.transitions,
+            "adverts_sent": self.counters.sent,
+            "adverts_received": self.counters.received,
+            "drops": dict(self.counters.drops),
+        }

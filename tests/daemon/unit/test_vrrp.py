@@ -1,0 +1,230 @@
+"""VRRP: adverts on the wire (checked with scapy's dissectors) and the state machine, with two or
+three routers wired to each other through an in-process segment and real asyncio timers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from ipaddress import IPv4Address
+
+import pytest
+from scapy.layers.inet import IP
+from scapy.layers.l2 import Ether
+from scapy.layers.vrrp import VRRP, VRRPv3
+
+from dsrlb.config.model import Vrrp
+from dsrlb.vrrp import BACKUP, INIT, MASTER, BadAdvert, VrrpRouter, build, parse
+
+ADDRS = [IPv4Address("172.16.1.10"), IPv4Address("172.16.1.253")]
+MAC = b"\x02\x00\x00\x00\x00\x01"
+
+
+def test_v3_advert_is_valid_for_scapy() -> None:
+    frame = build(3, 50, 200, 100, IPv4Address("172.16.1.252"), ADDRS, MAC)
+    pkt = Ether(frame)
+    assert pkt.dst == "01:00:5e:00:00:12" and pkt[IP].dst == "224.0.0.18"
+    assert pkt[IP].ttl == 255 and pkt[IP].proto == 112 and pkt[IP].src == "172.16.1.252"
+    v = pkt[VRRPv3]
+    assert (v.version, v.type, v.vrid, v.priority, v.ipcount, v.adv) == (3, 1, 50, 200, 2, 10)
+    assert v.addrlist == ["172.16.1.10", "172.16.1.253"]
+    wire_ip, wire_vrrp = pkt[IP].chksum, v.chksum
+    del pkt[IP].chksum, pkt[VRRPv3].chksum
+    again = Ether(bytes(pkt))
+    assert (again[IP].chksum, again[VRRPv3].chksum) == (wire_ip, wire_vrrp)
+
+
+def test_v2_advert_is_valid_for_scapy() -> None:
+    frame = build(2, 7, 100, 1000, IPv4Address("172.16.1.251"), ADDRS, MAC)
+    pkt = Ether(frame)
+    v = pkt[VRRP]
+    assert (v.version, v.vrid, v.priority, v.ipcount, v.adv, v.authtype) == (2, 7, 100, 2, 1, 0)
+    wire = v.chksum
+    del pkt[VRRP].chksum
+    assert Ether(bytes(pkt))[VRRP].chksum == wire
+
+
+def test_parse_round_trip_and_rejections() -> None:
+    frame = build(3, 50, 150, 250, IPv4Address("172.16.1.252"), ADDRS, MAC)
+    advert = parse(frame)
+    assert (advert.version, advert.vrid, advert.priority, advert.interval_cs) == (3, 50, 150, 25)
+    assert advert.addresses == tuple(ADDRS)
+    ttl = bytearray(frame)
+    ttl[14 + 8] = 64
+    with pytest.raises(BadAdvert, match="ttl"):
+        parse(bytes(ttl))
+    corrupt = bytearray(frame)
+    corrupt[-1] ^= 0xFF
+    with pytest.raises(BadAdvert, match="checksum"):
+        parse(bytes(corrupt))
+    with pytest.raises(BadAdvert, match="short"):
+        parse(frame[:30])
+    v2 = build(2, 50, 150, 2000, IPv4Address("172.16.1.252"), ADDRS, MAC)
+    assert parse(v2).interval_cs == 200
+
+
+class Segment:
+    """Delivers every sent frame to every other router on it, unless cut."""
+
+    def __init__(self) -> None:
+        self.routers: list[VrrpRouter] = []
+        self.cut = False
+        self.masters_log: list[tuple[float, str, str]] = []
+
+    def add(
+        self,
+        name: str,
+        priority: int,
+        source: str,
+        preempt: bool = True,
+        advert: int = 50,
+        ready: bool = True,
+    ) -> VrrpRouter:
+        cfg = Vrrp(vrid=50, priority=priority, network=1, advert_ms=advert, preempt=preempt, version=3)
+        router: VrrpRouter
+
+        def send(frame: bytes) -> None:
+            if self.cut:
+                return
+            for other in self.routers:
+                if other is not router:
+                    asyncio.get_running_loop().call_soon(other.receive, frame)
+
+        def on_state(state: str) -> None:
+            self.masters_log.append((time.monotonic(), name, state))
+
+        router = VrrpRouter(cfg, IPv4Address(source), ADDRS, MAC, send, on_state, lambda: None, lambda: ready)
+        router.name = name  # type: ignore[attr-defined]
+        self.routers.append(router)
+        return router
+
+    def masters(self) -> list[str]:
+        return [r.name for r in self.routers if r.state == MASTER]  # type: ignore[attr-defined]
+
+
+def run(coro):  # noqa: ANN001, ANN201 - tiny helper for the async scenarios below
+    return asyncio.run(coro)
+
+
+def test_higher_priority_wins_and_backup_takes_over_when_master_dies() -> None:
+    async def scenario() -> None:
+        seg = Segment()
+        a = seg.add("a", 200, "172.16.1.252")
+        b = seg.add("b", 100, "172.16.1.251")
+        a.start()
+        b.start()
+        await asyncio.sleep(0.5)
+        assert seg.masters() == ["a"] and b.state == BACKUP
+        seg.routers.remove(a)  # a dies silently (kill -9): no more adverts
+        a._cancel()
+        died = time.monotonic()
+        while b.state != MASTER:
+            await asyncio.sleep(0.005)
+        took = time.monotonic() - died
+        assert took <= b.master_down_interval() + 0.1
+
+    run(scenario())
+
+
+def test_priority_zero_hands_over_within_skew_time() -> None:
+    async def scenario() -> None:
+        seg = Segment()
+        a = seg.add("a", 200, "172.16.1.252", advert=100)
+        b = seg.add("b", 100, "172.16.1.251", advert=100)
+        a.start()
+        b.start()
+        await asyncio.sleep(0.6)
+        assert seg.masters() == ["a"]
+        t = time.monotonic()
+        a.shutdown()
+        assert a.state == INIT
+        while b.state != MASTER:
+            await asyncio.sleep(0.002)
+        assert time.monotonic() - t < b.skew() + 0.05 < b.master_down_interval()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_preempt(preempt: bool) -> None:
+    async def scenario() -> None:
+        seg = Segment()
+        b = seg.add("b", 100, "172.16.1.251", preempt=preempt)
+        b.start()
+        await asyncio.sleep(0.4)
+        assert seg.masters() == ["b"]
+        a = seg.add("a", 200, "172.16.1.252", preempt=preempt)
+        a.start()
+        await asyncio.sleep(0.5)
+        assert seg.masters() == (["a"] if preempt else ["b"])
+
+    run(scenario())
+
+
+def test_not_ready_router_does_not_preempt_a_working_master() -> None:
+    async def scenario() -> None:
+        seg = Segment()
+        b = seg.add("b", 100, "172.16.1.251")
+        b.start()
+        await asyncio.sleep(0.4)
+        a = seg.add("a", 200, "172.16.1.252", ready=False)
+        a.start()
+        await asyncio.sleep(0.5)
+        assert seg.masters() == ["b"]
+
+    run(scenario())
+
+
+def test_equal_priority_higher_address_wins() -> None:
+    async def scenario() -> None:
+        seg = Segment()
+        a = seg.add("a", 100, "172.16.1.252")
+        b = seg.add("b", 100, "172.16.1.251")
+        b.start()
+        a.start()
+        await asyncio.sleep(0.6)
+        assert seg.masters() == ["a"]
+
+    run(scenario())
+
+
+def test_split_brain_heals_to_one_master_and_reasserts() -> None:
+    async def scenario() -> None:
+        seg = Segment()
+        announced: list[str] = []
+        a = seg.add("a", 200, "172.16.1.252")
+        b = seg.add("b", 100, "172.16.1.251")
+        a._announce = lambda: announced.append("a")
+        a.start()
+        b.start()
+        await asyncio.sleep(0.4)
+        seg.cut = True
+        await asyncio.sleep(0.5)
+        assert sorted(seg.masters()) == ["a", "b"]  # both think they are master while cut off
+        before = len(announced)
+        seg.cut = False
+        await asyncio.sleep(0.3)
+        assert seg.masters() == ["a"]
+        assert len(announced) > before  # a re-announced the addresses after seeing b as master
+
+    run(scenario())
+
+
+def test_bad_adverts_are_counted_not_obeyed() -> None:
+    async def scenario() -> None:
+        seg = Segment()
+        b = seg.add("b", 100, "172.16.1.251")
+        b.start()
+        await asyncio.sleep(0.3)
+        assert b.state == MASTER
+        good = build(3, 50, 250, 50, IPv4Address("172.16.1.99"), ADDRS, MAC)
+        ttl = bytearray(good)
+        ttl[22] = 1
+        other_vrid = build(3, 51, 250, 50, IPv4Address("172.16.1.99"), ADDRS, MAC)
+        for frame in (bytes(ttl), other_vrid, good[:-3] + b"\0\0\0"):
+            b.receive(frame)
+        assert b.state == MASTER
+        assert b.counters.drops == {"ttl": 1, "other_vrid": 1, "checksum": 1}
+        b.receive(good)
+        assert b.state == BACKUP
+
+    run(scenario())
