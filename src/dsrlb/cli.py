@@ -40,16 +40,20 @@ def _client(args: argparse.Namespace) -> int:
     return control.cli(args)
 
 
-def _lab(args: argparse.Namespace) -> int:
+def _lab(argv: list[str]) -> int:
     from dsrlb.lab.cli import main as lab_main
 
-    return lab_main(args.lab_args)
+    return lab_main(argv)
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(argv: list[str]) -> int:
     from dsrlb.bench import main as bench_main
 
-    return bench_main(args.bench_args)
+    return bench_main(argv)
+
+
+# Subcommands with their own argument parsers: everything after the name is theirs.
+DELEGATED = {"lab": _lab, "bench": _bench}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,19 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_client, what="reload")
 
-    p = sub.add_parser("lab", help="the embedded lab fleet (up, down, status, reboot, exec)")
-    p.add_argument("lab_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_lab)
-
-    p = sub.add_parser("bench", help="forwarding benchmark against the kernel, side by side")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_bench)
+    sub.add_parser("lab", help="the embedded lab fleet: dsrlb lab --help")
+    sub.add_parser("bench", help="forwarding benchmark against the kernel, side by side: dsrlb bench --help")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv and argv[0] in DELEGATED:
+            return DELEGATED[argv[0]](argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
         return 130
