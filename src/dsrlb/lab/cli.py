@@ -1,0 +1,96 @@
+"""`dsrlb lab ...`: bring the embedded fleet up and down, look at it, reboot a host, run commands in it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from dsrlb.lab.cgroup import CgroupError
+from dsrlb.lab.host import HostError
+from dsrlb.lab.lab import DEFAULT_STATE_DIR, STATE_ENV, HostStatus, Lab, LabError
+from dsrlb.lab.net import NetError
+from dsrlb.lab.topology import TopologyError
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        help=f"host disks, PIDs, consoles (default: ${STATE_ENV} or {DEFAULT_STATE_DIR})",
+    )
+    parser = argparse.ArgumentParser(prog="dsrlb lab", description="the embedded lab fleet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("up", parents=[common], help="boot every host of the topology (idempotent)")
+    p.add_argument("--topology", help="topology YAML (default: the packaged one, mirroring the seed network)")
+    p = sub.add_parser(
+        "down", parents=[common], help="stop every host, remove namespaces, veths and cgroups (idempotent)"
+    )
+    p.add_argument("--purge", action="store_true", help="also delete the hosts' disks (the state directory)")
+    p = sub.add_parser("status", parents=[common], help="hosts, PIDs and systemd states")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("reboot", parents=[common], help="restart a host's PID 1 on the same disk")
+    p.add_argument("host")
+    p = sub.add_parser(
+        "exec", parents=[common], help="run a command inside a host: dsrlb lab exec HOST -- CMD..."
+    )
+    p.add_argument("host")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _print_status(hosts: list[HostStatus], as_json: bool, state_dir: str) -> None:
+    if as_json:
+        print(json.dumps({"state_dir": state_dir, "hosts": [h.as_dict() for h in hosts]}, indent=2))
+        return
+    print(f"{'HOST':<10} {'PID':>8}  {'STATE':<12} ADDRESSES")
+    for h in hosts:
+        addrs = " ".join(
+            f"{i}:{a[0]}" + (f"(+{len(a) - 1})" if len(a) > 1 else "") for i, a in h.addresses.items()
+        )
+        print(f"{h.name:<10} {h.pid or '-':>8}  {h.state:<12} {addrs}")
+        if h.failed_units:
+            print(f"{'':<21}failed: {', '.join(h.failed_units)}")
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `dsrlb lab`; returns the exit status (of the command, for `exec`)."""
+    args = _parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("dsrlb lab: needs root (it creates namespaces, mounts and cgroups)", file=sys.stderr)
+        return 1
+    try:
+        lab = Lab(args.state_dir)
+        if args.command == "up":
+            start = time.monotonic()
+            hosts = lab.up(args.topology)
+            _print_status(hosts, False, str(lab.state_dir))
+            print(
+                f"lab up in {time.monotonic() - start:.1f}s ({lab.state_dir}); stop it with: dsrlb lab down"
+            )
+            return 0 if all(h.state in ("running", "degraded") for h in hosts) else 1
+        if args.command == "down":
+            lab.down(purge=args.purge)
+            return 0
+        if args.command == "status":
+            hosts = lab.status()
+            _print_status(hosts, args.json, str(lab.state_dir))
+            return 0 if all(h.state in ("running", "degraded") for h in hosts) else 3
+        if args.command == "reboot":
+            h = lab.reboot(args.host)
+            _print_status([h], False, str(lab.state_dir))
+            return 0
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not cmd:
+            print("dsrlb lab exec: missing command (dsrlb lab exec HOST -- CMD...)", file=sys.stderr)
+            return 2
+        return subprocess.run(lab.exec_argv(args.host, cmd)).returncode
+    except (LabError, TopologyError, HostError, NetError, CgroupError) as err:
+        print(f"dsrlb lab: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"dsrlb lab: {err.filename or ''}: {err.strerror}", file=sys.stderr)
+        return 1

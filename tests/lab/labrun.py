@@ -1,0 +1,71 @@
+"""Drives a lab under test through the real `dsrlb lab` CLI and the Ansible CLIs of the venv."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class LabRun:
+    """A lab under test, driven through the real `dsrlb lab` CLI and `ansible`."""
+
+    state_dir: Path
+
+    def lab(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd, *rest = args
+        proc = subprocess.run(
+            [str(BIN / "dsrlb"), "lab", cmd, "--state-dir", str(self.state_dir), *rest],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"dsrlb lab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
+        return proc
+
+    def exec(self, host: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.lab("exec", host, "--", *cmd, check=check)
+
+    def status(self) -> dict[str, dict]:
+        return {h["name"]: h for h in json.loads(self.lab("status", "--json").stdout)["hosts"]}
+
+    def ansible_cli(
+        self, tool: str, args: list[str], extra_env: dict[str, str]
+    ) -> subprocess.CompletedProcess:
+        """Run an Ansible CLI from the repository (its ansible.cfg and inventory/lab) against this lab."""
+        env = {**os.environ, "DSRLB_LAB_STATE_DIR": str(self.state_dir), "ANSIBLE_NOCOLOR": "1", **extra_env}
+        return subprocess.run(
+            [str(BIN / tool), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    def adhoc(self, pattern: str, module: str, args: str = "") -> dict[str, dict]:
+        """Results per host of an ad-hoc module run (via the builtin tree callback); all must succeed."""
+        with tempfile.TemporaryDirectory() as tree:
+            env = {
+                "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+                "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.tree",
+                "ANSIBLE_CALLBACK_TREE_DIR": tree,
+            }
+            proc = self.ansible_cli("ansible", [pattern, "-m", module, *(["-a", args] if args else [])], env)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            return {p.name: json.loads(p.read_text()) for p in Path(tree).iterdir()}
+
+    def playbook(self, path: str) -> subprocess.CompletedProcess:
+        proc = self.ansible_cli("ansible-playbook", [path], {})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+
+def new_state_dir(tag: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"dsrlab-{tag}-", dir="/tmp"))

@@ -1,0 +1,85 @@
+"""Topology files: the packaged default mirrors the seed network; mistakes are named by their field."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from labrun import BIN
+
+from dsrlb.lab import topology
+
+
+def test_default_topology_mirrors_the_seed_network() -> None:
+    topo = topology.load()
+    assert {s.name: str(s.subnet) for s in topo.segments.values()} == {
+        "lan": "172.16.1.0/24",
+        "wan": "198.18.0.0/24",
+    }
+    first = {h.name: str(h.interfaces[0].addresses[0]) for h in topo.hosts.values()}
+    assert first == {
+        "router": "172.16.1.254/24",
+        "lb1": "172.16.1.252/24",
+        "lb2": "172.16.1.251/24",
+        "web1": "172.16.1.100/24",
+        "web2": "172.16.1.101/24",
+        "client": "198.18.0.10/24",
+    }
+    router = topo.hosts["router"]
+    assert router.forward and [str(a.ip) for a in router.interfaces[1].addresses] == ["198.18.0.1"]
+    for name in ("lb1", "lb2", "web1", "web2"):
+        assert topo.hosts[name].gateway == ipaddress.IPv4Address("172.16.1.254")
+    client = topo.hosts["client"]
+    assert [str(a.ip) for a in client.interfaces[0].addresses] == [f"198.18.0.{i}" for i in range(10, 21)]
+    assert client.gateway == ipaddress.IPv4Address("198.18.0.1")
+
+
+def _broken(change) -> dict:
+    data = yaml.safe_load(topology.default_path().read_text())
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d["hosts"]["web1"]["interfaces"][0].update(segment="lam"),
+            "hosts.web1.interfaces[0].segment",
+        ),
+        (lambda d: d["hosts"]["web1"]["interfaces"][0].update(addresses=["10.0.0.1"]), "not a host address"),
+        (
+            lambda d: d["hosts"]["web2"]["interfaces"][0].update(addresses=["172.16.1.100"]),
+            "already used by web1",
+        ),
+        (lambda d: d["hosts"]["lb1"].update(gateway="198.18.0.1"), "hosts.lb1.gateway"),
+        (lambda d: d["hosts"]["lb1"].update(roles=["balancr"]), "hosts.lb1.roles[0]: unknown role"),
+        (lambda d: d["hosts"]["lb1"].update(colour="red"), "hosts.lb1.colour: unknown field"),
+        (lambda d: d["hosts"].update({"Web_3": d["hosts"]["web1"]}), "hosts.Web_3: bad name"),
+        (lambda d: d["segments"]["lan"].update(subnet="172.16.1.0/33"), "segments.lan.subnet"),
+        (
+            lambda d: d["hosts"]["client"]["interfaces"][0].update(addresses=["198.18.0.20-198.18.0.11"]),
+            "bad range",
+        ),
+        (lambda d: d.pop("segments"), "topology.segments: missing"),
+    ],
+)
+def test_mistakes_are_named_by_field(change, message: str) -> None:
+    with pytest.raises(topology.TopologyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        topology.parse(_broken(change))
+
+
+def test_cli_reports_a_bad_file_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(_broken(lambda d: d["hosts"]["web1"].update(gateway="not-an-ip"))))
+    proc = subprocess.run(
+        [str(BIN / "dsrlb"), "lab", "up", "--topology", str(bad), "--state-dir", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert f"{bad}: hosts.web1.gateway:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "state").exists()  # nothing was started
