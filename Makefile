@@ -29,7 +29,16 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PYTEST) tests/daemon/integration
 
-test: lint test-unit test-integration
+test-lab: $(STAMP)
+	$(PYTEST) tests/lab
+
+test: lint test-unit test-integration test-lab
+
+lab-up: $(STAMP)
+	$(BIN)/dsrlb lab up
+
+lab-down: $(STAMP)
+	$(BIN)/dsrlb lab down
 
 bench: $(STAMP)
 	$(BIN)/dsrlb bench
