@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 
-.PHONY: test demo deps venv lint test-unit test-integration test-lab bench lab-up lab-down clean
+.PHONY: test demo deps venv lint test-unit test-integration test-lab test-collection bench lab-up lab-down clean
 
 deps:
 	@bash scripts/install-deps
@@ -32,7 +32,11 @@ test-integration: $(STAMP)
 test-lab: $(STAMP)
 	$(PYTEST) tests/lab
 
-test: lint test-unit test-integration test-lab
+test-collection: $(STAMP)
+	bash scripts/collection-test
+	$(PYTEST) tests/collection
+
+test: lint test-unit test-integration test-lab test-collection
 
 lab-up: $(STAMP)
 	$(BIN)/dsrlb lab up

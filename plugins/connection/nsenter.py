@@ -17,7 +17,7 @@ description:
     host rebooted with C(dsrlb lab reboot) is reached again without reconnecting.
   - Only a process that is the init of its own PID namespace is ever entered, never a process of the
     controller's own namespaces.
-author: dsrlb developers
+author: dsrlb developers (@dsrlb)
 version_added: "0.1.0"
 requirements:
   - C(nsenter) from util-linux on the controller, which must run as root on the lab machine.
