@@ -73,6 +73,7 @@ class Topology:
         self.procs: list[subprocess.Popen[str]] = []
         self._bridges: set[str] = set()
         self._ports = 0
+        self.ports: dict[tuple[str, str], str] = {}  # (host, ifname) -> its switch port
         self._anchors: dict[str, subprocess.Popen[str]] = {}
 
     def __enter__(self) -> Topology:
@@ -117,6 +118,7 @@ class Topology:
             self.add_bridge(bridge)
         self._ports += 1
         port = f"p{self._ports}"
+        self.ports[(host, ifname)] = port
         _ip(
             "-n",
             self.ns(host),
