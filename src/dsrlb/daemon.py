@@ -86,6 +86,7 @@ class Daemon:
         self.forwarding = True  # forward to targets: as answering, and while handing over on stop
         self.vrrp: VrrpRouter | None = None
         self._handing_over = False
+        self.ring_drops = 0
         self.usable: dict[int, int] = {}  # server id -> targets that may take new clients
         self.stopping: asyncio.Event | None = None
 
@@ -479,6 +480,7 @@ class Daemon:
 
     def show_stats(self) -> dict:
         st = self.forwarder.stats
+        self.ring_drops += self.ring.kernel_drops()  # read-and-reset in the kernel, so accumulate here
         return {
             "rx": st.rx,
             "tx": st.tx,
@@ -486,7 +488,7 @@ class Daemon:
             "arp_replies": st.arp_replies,
             "icmp_replies": st.icmp_replies,
             "checksums_fixed": st.checksums_fixed,
-            "drops": dict(st.drops),
+            "drops": {**st.drops, **({"ring_full": self.ring_drops} if self.ring_drops else {})},
             "generation": self.generation,
             "uptime": round(time.monotonic() - self.started, 1),
         }

@@ -17,6 +17,7 @@ SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_MULTICAST = 0
 PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_QDISC_BYPASS = 20
@@ -121,6 +122,11 @@ class PacketRing:
         ifindex = socket.if_nametoindex(self.ifname)
         mreq = struct.pack("iHH8s", ifindex, PACKET_MR_MULTICAST, len(mac), mac)
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+
+    def kernel_drops(self) -> int:
+        """Frames the kernel dropped because the RX ring was full, since the last call."""
+        _packets, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        return drops
 
     def wait(self, timeout_ms: int) -> None:
         self.poller.poll(timeout_ms)

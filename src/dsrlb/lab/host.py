@@ -210,9 +210,7 @@ def wait_running(name: str, pid: int, deadline: float) -> str:
             jobs = subprocess.run(
                 nsenter(pid, ["systemctl", "list-jobs", "--no-legend"]), capture_output=True, text=True
             ).stdout
-            raise HostError(
-                f"{name}: systemd did not finish booting (state {state}); pending jobs:\n{jobs}"
-            )
+            raise HostError(f"{name}: systemd did not finish booting (state {state}); pending jobs:\n{jobs}")
         time.sleep(0.2)
 
 
