@@ -421,7 +421,8 @@ class Daemon:
         for tid, rt in sorted(self.runtime.items()):
             t = self.config.targets[tid]
             mac = self.mac_of(t)
-            packets, nbytes = self.forwarder.targets.get(tid, (0, 0))
+            packets = sum(st.counters[tid][0] for st in self.states.values() if tid in st.counters)
+            nbytes = sum(st.counters[tid][1] for st in self.states.values() if tid in st.counters)
             out.append(
                 {
                     "id": tid,
@@ -446,7 +447,8 @@ class Daemon:
         out = []
         for sid, s in sorted(self.config.servers.items()):
             state = self.states.get(sid)
-            packets, nbytes = state.counters if state else (0, 0)
+            counts = list(state.counters.values()) if state else []
+            packets, nbytes = sum(c[0] for c in counts), sum(c[1] for c in counts)
             out.append(
                 {
                     "id": sid,

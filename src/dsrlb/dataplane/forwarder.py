@@ -25,6 +25,11 @@ log = logging.getLogger("dsrlb.dataplane")
 RX_HDR = struct.Struct("<IIIH")  # tpacket2_hdr: status, len, snaplen, mac offset
 # Ethernet + IPv4 header without options + the first 4 bytes after it (ports when IHL is 5)
 ETH_IPV4 = struct.Struct("!6s6sHBBHHHBBH4s4sHH")
+# what the fast path checks: destination MAC, ethertype, version+IHL, total length, fragment, protocol
+FAST = struct.Struct("!6s6xHBxH2xHxB")
+# A flow is keyed by the 12 bytes source address, destination address, source and destination port,
+# which follow each other in a frame whose IPv4 header has no options (offset 26 from the MAC header).
+FLOW_KEY = slice(26, 38)
 ARP = struct.Struct("!H6s4s6x4s")  # op, sender MAC, sender IP, (target MAC), target IP
 PORTS = struct.Struct("!HH")
 STATUS = struct.Struct("<I")
@@ -43,12 +48,13 @@ class Selector(Protocol):
 @dataclass
 class ServiceState:
     """Per virtual server state that outlives table swaps: sessions (client -> [target, last seen]),
-    flows ((client, source port) -> [target, last seen]) and sessions per target."""
+    sessions per target and counters."""
 
     sessions: dict[bytes, list] = field(default_factory=dict)
-    flows: dict[tuple[bytes, int], list] = field(default_factory=dict)
     load: collections.Counter = field(default_factory=collections.Counter)
-    counters: list[int] = field(default_factory=lambda: [0, 0])  # packets, bytes
+    counters: collections.defaultdict[int, list[int]] = field(
+        default_factory=lambda: collections.defaultdict(lambda: [0, 0])
+    )  # target -> [packets, bytes] forwarded for this server
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,10 @@ class Forwarder:
         self.ring = ring
         self.table = EMPTY
         self.stats = Stats()
-        self.targets: collections.defaultdict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
         self.neighbors: dict[bytes, tuple[bytes, float]] = {}  # IPv4 -> (MAC, last heard)
+        # flow key (see FLOW_KEY) -> [target, last seen, Ethernet addresses, counters, IP protocol,
+        # ServiceState, table it was checked against, target draining, idle timeout]
+        self.flows: dict[bytes, list] = {}
         self.activity: dict[int, tuple[int, float]] = {}  # target -> (recent flows, last packet)
         self.on_neighbor: Callable[[bytes], None] = lambda ip: None
         self.on_vrrp: Callable[[bytes], None] | None = None
@@ -138,16 +146,18 @@ class Forwarder:
         nrx, ntx, tx_base = ring.rx_frames, ring.tx_frames, ring.tx_base
         rx_header = RX_HDR.unpack_from
         ipv4_header = ETH_IPV4.unpack_from
+        fast_header = FAST.unpack_from
+        ports = PORTS.pack
         status_of = STATUS.unpack_from
         ports_of = PORTS.unpack_from
         tx_header = TX_HDR.pack_into
         stats = self.stats
         drops = stats.drops
-        tcount = self.targets
         pending = self._pending
         stop = self._stop.is_set
         monotonic = time.monotonic
         rx_slot = tx_slot = queued = 0
+        rx = fwd = 0  # counted locally, added to stats every 256 frames and when idle
         now = monotonic()
         next_sweep = now + SWEEP_INTERVAL
 
@@ -167,10 +177,15 @@ class Forwarder:
             queued += 1
             stats.tx += 1
 
+        flows = self.flows
         while True:
             h = rx_slot * FRAME_SIZE
             status, length, snap, mac_off = rx_header(mm, h)
             if not status & 1:  # ring empty: flush, run control plane requests, sleep
+                stats.rx += rx
+                stats.tx += fwd
+                stats.forwarded += fwd
+                rx = fwd = 0
                 if queued:
                     ring.flush()
                     queued = 0
@@ -184,8 +199,12 @@ class Forwarder:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
                 continue
-            stats.rx += 1
-            if stats.rx & 255 == 0:  # under load the ring never empties: do the idle work here too
+            rx += 1
+            if rx == 256:  # under load the ring never empties: do the idle work here too
+                stats.rx += rx
+                stats.tx += fwd
+                stats.forwarded += fwd
+                rx = fwd = 0
                 now = monotonic()
                 while pending:
                     pending.popleft()()
@@ -194,6 +213,44 @@ class Forwarder:
                     next_sweep = now + SWEEP_INTERVAL
             table = self.table
             f = h + mac_off
+            # Fast path: a packet of a flow checked against the current table, in a well-formed frame.
+            fl = flows.get(mm[f + 26 : f + 38]) if snap == length and 38 <= length <= max_frame else None
+            if fl is not None and fl[6] is table:
+                dmac, etype, vihl, total, frag, proto = fast_header(mm, f)
+                if (
+                    dmac == own
+                    and etype == 0x0800
+                    and vihl == 0x45
+                    and proto == fl[4]
+                    and not frag & 0x3FFF
+                    and (40 if proto == 6 else 28) <= total <= length - 14
+                    and not (fl[7] and proto == 6 and mm[f + 47] & 0x12 == 0x02)  # SYN to a draining target
+                ):
+                    end = 14 + total
+                    x = tx_base + tx_slot * FRAME_SIZE
+                    if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
+                        drops["tx_ring_full"] += 1
+                    else:
+                        d = x + TX_DATA_OFFSET
+                        mm[d : d + 12] = fl[2]  # the only change: Ethernet addresses
+                        mm[d + 12 : d + end] = mv[f + 12 : f + end]
+                        if status & TP_STATUS_CSUMNOTREADY:
+                            fix_l4_checksum(mv, d + 14, d + 34, d + end)
+                            stats.checksums_fixed += 1
+                        tx_header(mm, x, 1, end)
+                        tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
+                        queued += 1
+                        if queued >= BATCH:
+                            ring.flush()
+                            queued = 0
+                        fwd += 1
+                        fl[1] = now
+                        c = fl[3]
+                        c[0] += 1
+                        c[1] += end
+                    mm[h : h + 4] = ZERO
+                    rx_slot = rx_slot + 1 if rx_slot + 1 < nrx else 0
+                    continue
             if snap < length or length > max_frame or length < 38:
                 drops["truncated" if snap < length else "oversize" if length > max_frame else "runt"] += 1
             else:
@@ -227,23 +284,9 @@ class Forwarder:
                             if svc is None:
                                 drops["no_service"] += 1
                             else:
-                                # flows keep their target (also a draining one) unless a new TCP
-                                # connection starts; anything else goes through the session table
-                                key = (src, sport)
                                 syn = proto == 6 and mm[l4 + 13] & 0x12 == 0x02
-                                fl = svc.state.flows.get(key)
-                                head = None
-                                if fl is not None:
-                                    t = fl[0]
-                                    head = svc.forward.get(t)
-                                    if head is not None and (not syn or t in svc.active):
-                                        fl[1] = now
-                                    else:
-                                        head = None
-                                if head is None:
-                                    t = self._new_flow(svc, src, key, syn or proto == 17, now)
-                                    head = svc.forward.get(t) if t is not None else None
-                                if head is None:
+                                t = self._target(svc, src, src + dst + ports(sport, dport), syn, proto, now)
+                                if t is None:
                                     drops["no_target"] += 1
                                 else:
                                     end = 14 + total
@@ -252,7 +295,7 @@ class Forwarder:
                                         drops["tx_ring_full"] += 1
                                     else:
                                         d = x + TX_DATA_OFFSET
-                                        mm[d : d + 12] = head  # the only change: Ethernet addresses
+                                        mm[d : d + 12] = svc.forward[t]
                                         mm[d + 12 : d + end] = mv[f + 12 : f + end]
                                         if status & TP_STATUS_CSUMNOTREADY:
                                             fix_l4_checksum(mv, d + 14, d + 14 + ihl, d + end)
@@ -263,12 +306,8 @@ class Forwarder:
                                         if queued >= BATCH:
                                             ring.flush()
                                             queued = 0
-                                        stats.tx += 1
-                                        stats.forwarded += 1
-                                        c = svc.state.counters
-                                        c[0] += 1
-                                        c[1] += end
-                                        c = tcount[t]
+                                        fwd += 1
+                                        c = svc.state.counters[t]
                                         c[0] += 1
                                         c[1] += end
                     elif proto == 1:
@@ -298,11 +337,38 @@ class Forwarder:
             mm[h : h + 4] = ZERO  # hand the slot back to the kernel
             rx_slot = rx_slot + 1 if rx_slot + 1 < nrx else 0
 
-    def _new_flow(
-        self, svc: Service, src: bytes, key: tuple[bytes, int], new_conn: bool, now: float
-    ) -> int | None:
-        """Target for a flow we have no (usable) record of: the client's session, unless its target
-        may not take this flow, else a fresh pick; the session follows the pick."""
+    def _target(self, svc: Service, src: bytes, key: bytes, syn: bool, proto: int, now: float) -> int | None:
+        """The slow path's choice for a packet, recorded as a flow the fast path can follow.
+
+        A known flow keeps its target (also a draining one) unless a new TCP connection starts; a new
+        flow follows the client's session unless the session's target may not take it."""
+        fl = self.flows.get(key)
+        state = svc.state
+        t = None
+        if fl is not None and fl[5] is state:
+            t = fl[0]
+            if t not in svc.forward or (syn and t not in svc.active):
+                t = None
+        if t is None:
+            t = self._new_flow(svc, src, syn or proto == 17, now)
+            if t is None:
+                return None
+        self.flows[key] = [
+            t,
+            now,
+            svc.forward[t],
+            state.counters[t],
+            proto,
+            state,
+            self.table,
+            t not in svc.active,
+            svc.timeout,
+        ]
+        return t
+
+    def _new_flow(self, svc: Service, src: bytes, new_conn: bool, now: float) -> int | None:
+        """Target for a flow we have no usable record of: the client's session, unless its target may
+        not take this flow, else a fresh pick; the session follows the pick."""
         state = svc.state
         session = state.sessions.get(src)
         t = session[0] if session is not None else None
@@ -317,30 +383,29 @@ class Forwarder:
                 session[0] = t
             state.load[t] += 1
         session[1] = now
-        state.flows[key] = [t, now]
         return t
 
     def _sweep(self, now: float) -> None:
         """Expire idle flows and sessions (a session lives as long as any of its flows) and count
         each target's open connections: flows with a packet in the last `recent` seconds."""
+        flows = self.flows
+        for key in [k for k, fl in flows.items() if fl[1] < now - fl[8]]:
+            del flows[key]
         activity: dict[int, list] = {}
         recent = now - self.table.recent
+        for key, fl in flows.items():
+            t, seen = fl[0], fl[1]
+            session = fl[5].sessions.get(key[:4])
+            if session is not None and session[1] < seen:
+                session[1] = seen
+            a = activity.setdefault(t, [0, 0.0])
+            if seen >= recent:
+                a[0] += 1
+            if seen > a[1]:
+                a[1] = seen
         for svc in self.table.services.values():
             state = svc.state
             limit = now - svc.timeout
-            flows = state.flows
-            sessions = state.sessions
-            for key in [k for k, fl in flows.items() if fl[1] < limit]:
-                del flows[key]
-            for (src, _), (t, seen) in flows.items():
-                s = sessions.get(src)
-                if s is not None and s[1] < seen:
-                    s[1] = seen
-                a = activity.setdefault(t, [0, 0.0])
-                if seen >= recent:
-                    a[0] += 1
-                if seen > a[1]:
-                    a[1] = seen
-            for src in [c for c, s in sessions.items() if s[1] < limit]:
-                state.load[sessions.pop(src)[0]] -= 1
+            for src in [c for c, s in state.sessions.items() if s[1] < limit]:
+                state.load[state.sessions.pop(src)[0]] -= 1
         self.activity = {t: (a[0], a[1]) for t, a in activity.items()}

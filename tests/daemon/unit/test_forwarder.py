@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import socket
+import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -112,6 +113,11 @@ def tcp(src: str = "198.18.0.10", sport: int = 1000, flags: str = "A") -> bytes:
     return bytes(
         Ether(src=CLIENT_MAC, dst=OWN) / IP(src=src, dst=VIP) / TCP(sport=sport, dport=80, flags=flags)
     )
+
+
+def flow(src: str, sport: int, dport: int) -> bytes:
+    """The forwarder's key of a flow to the VIP."""
+    return socket.inet_aton(src) + socket.inet_aton(VIP) + struct.pack("!HH", sport, dport)
 
 
 def target_of(frame: bytes) -> int:
@@ -279,19 +285,41 @@ def test_idle_sessions_and_flows_expire() -> None:
     h = Harness(timeout=30.0)
     h.run(udp(src="198.18.0.1"), udp(src="198.18.0.2"))
     assert len(h.state.sessions) == 2
-    now = h.state.flows[(socket.inet_aton("198.18.0.1"), 1000)][1]
-    h.state.flows[(socket.inet_aton("198.18.0.2"), 1000)][1] = now + 25  # .2 stays busy
+    now = h.fwd.flows[flow("198.18.0.1", 1000, 53)][1]
+    h.fwd.flows[flow("198.18.0.2", 1000, 53)][1] = now + 25  # .2 stays busy
     h.fwd._sweep(now + 31)
     assert list(h.state.sessions) == [socket.inet_aton("198.18.0.2")]
-    assert list(h.state.flows) == [(socket.inet_aton("198.18.0.2"), 1000)]
+    assert list(h.fwd.flows) == [flow("198.18.0.2", 1000, 53)]
     assert sum(h.state.load.values()) == 1
 
 
 def test_recent_flows_count_as_open_connections() -> None:
     h = Harness(method="first")
     h.run(tcp(sport=1), tcp(sport=2))
-    now = h.tcp_state.flows[(socket.inet_aton("198.18.0.10"), 1)][1]
+    now = h.fwd.flows[flow("198.18.0.10", 1, 80)][1]
     h.fwd._sweep(now + 1)
     assert h.fwd.activity[1][0] == 2
     h.fwd._sweep(now + 6)
     assert h.fwd.activity[1][0] == 0
+
+
+def test_known_flows_take_the_fast_path_with_the_same_checks() -> None:
+    h = Harness(method="first")
+    h.run(udp(sport=9), tcp(sport=9, flags="S"))
+    assert len(h.fwd.flows) == 2
+    # checksum completion on the fast path too
+    good = udp(sport=9, payload=b"fast" * 5)
+    broken = bytearray(good)
+    broken[40:42] = b"\xab\xcd"
+    [out] = h.run(bytes(broken), status=R.TP_STATUS_USER | R.TP_STATUS_CSUMNOTREADY)
+    assert out[12:] == good[12:]
+    # a fragment of a known flow is still a fragment
+    frag = bytearray(udp(sport=9))
+    frag[20] |= 0x20
+    assert h.run(bytes(frag)) == [] and h.fwd.stats.drops["fragment"] == 1
+    # a SYN that reuses the port of a flow whose target now drains starts a new connection elsewhere
+    h.set_targets(active=(2,), draining=(1,))
+    assert [target_of(f) for f in h.run(tcp(sport=9))] == [1]  # table changed: slow path, keeps target
+    assert [target_of(f) for f in h.run(tcp(sport=9))] == [1]  # fast path
+    assert [target_of(f) for f in h.run(tcp(sport=9, flags="S"))] == [2]
+    assert h.fwd.stats.forwarded == 6
