@@ -27,9 +27,6 @@ RX_HDR = struct.Struct("<IIIH")  # tpacket2_hdr: status, len, snaplen, mac offse
 ETH_IPV4 = struct.Struct("!6s6sHBBHHHBBH4s4sHH")
 # what the fast path checks: destination MAC, ethertype, version+IHL, total length, fragment, protocol
 FAST = struct.Struct("!6s6xHBxH2xHxB")
-# A flow is keyed by the 12 bytes source address, destination address, source and destination port,
-# which follow each other in a frame whose IPv4 header has no options (offset 26 from the MAC header).
-FLOW_KEY = slice(26, 38)
 ARP = struct.Struct("!H6s4s6x4s")  # op, sender MAC, sender IP, (target MAC), target IP
 PORTS = struct.Struct("!HH")
 STATUS = struct.Struct("<I")
@@ -98,8 +95,9 @@ class Forwarder:
         self.table = EMPTY
         self.stats = Stats()
         self.neighbors: dict[bytes, tuple[bytes, float]] = {}  # IPv4 -> (MAC, last heard)
-        # flow key (see FLOW_KEY) -> [target, last seen, Ethernet addresses, counters, IP protocol,
-        # ServiceState, table it was checked against, target draining, idle timeout]
+        # flow key: source and destination address and port, the 12 bytes at offset 26 of a frame whose
+        # IPv4 header has no options -> [target, last seen, Ethernet addresses, counters, IP protocol,
+        # ServiceState, table it was checked against, target draining, idle timeout, shortest length]
         self.flows: dict[bytes, list] = {}
         self.activity: dict[int, tuple[int, float]] = {}  # target -> (recent flows, last packet)
         self.on_neighbor: Callable[[bytes], None] = lambda ip: None
@@ -178,8 +176,16 @@ class Forwarder:
             stats.tx += 1
 
         flows = self.flows
+        frame_size, tx_data, csum_not_ready, batch, zero = (
+            FRAME_SIZE,
+            TX_DATA_OFFSET,
+            TP_STATUS_CSUMNOTREADY,
+            BATCH,
+            ZERO,
+        )
+        table = self.table  # picked up again when idle and every 256 frames: a swap takes effect soon
         while True:
-            h = rx_slot * FRAME_SIZE
+            h = rx_slot * frame_size
             status, length, snap, mac_off = rx_header(mm, h)
             if not status & 1:  # ring empty: flush, run control plane requests, sleep
                 stats.rx += rx
@@ -195,6 +201,7 @@ class Forwarder:
                     return
                 ring.wait(100)
                 now = monotonic()
+                table = self.table
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
@@ -208,10 +215,10 @@ class Forwarder:
                 now = monotonic()
                 while pending:
                     pending.popleft()()
+                table = self.table
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
-            table = self.table
             f = h + mac_off
             # Fast path: a packet of a flow checked against the current table, in a well-formed frame.
             fl = flows.get(mm[f + 26 : f + 38]) if snap == length and 38 <= length <= max_frame else None
@@ -223,24 +230,24 @@ class Forwarder:
                     and vihl == 0x45
                     and proto == fl[4]
                     and not frag & 0x3FFF
-                    and (40 if proto == 6 else 28) <= total <= length - 14
+                    and fl[9] <= total <= length - 14
                     and not (fl[7] and proto == 6 and mm[f + 47] & 0x12 == 0x02)  # SYN to a draining target
                 ):
                     end = 14 + total
-                    x = tx_base + tx_slot * FRAME_SIZE
+                    x = tx_base + tx_slot * frame_size
                     if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
                         drops["tx_ring_full"] += 1
                     else:
-                        d = x + TX_DATA_OFFSET
+                        d = x + tx_data
                         mm[d : d + 12] = fl[2]  # the only change: Ethernet addresses
                         mm[d + 12 : d + end] = mv[f + 12 : f + end]
-                        if status & TP_STATUS_CSUMNOTREADY:
+                        if status & csum_not_ready:
                             fix_l4_checksum(mv, d + 14, d + 34, d + end)
                             stats.checksums_fixed += 1
                         tx_header(mm, x, 1, end)
                         tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
                         queued += 1
-                        if queued >= BATCH:
+                        if queued >= batch:
                             ring.flush()
                             queued = 0
                         fwd += 1
@@ -248,7 +255,7 @@ class Forwarder:
                         c = fl[3]
                         c[0] += 1
                         c[1] += end
-                    mm[h : h + 4] = ZERO
+                    mm[h : h + 4] = zero
                     rx_slot = rx_slot + 1 if rx_slot + 1 < nrx else 0
                     continue
             if snap < length or length > max_frame or length < 38:
@@ -285,25 +292,26 @@ class Forwarder:
                                 drops["no_service"] += 1
                             else:
                                 syn = proto == 6 and mm[l4 + 13] & 0x12 == 0x02
-                                t = self._target(svc, src, src + dst + ports(sport, dport), syn, proto, now)
+                                key = src + dst + ports(sport, dport)
+                                t = self._target(table, svc, src, key, syn, proto, now)
                                 if t is None:
                                     drops["no_target"] += 1
                                 else:
                                     end = 14 + total
-                                    x = tx_base + tx_slot * FRAME_SIZE
+                                    x = tx_base + tx_slot * frame_size
                                     if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
                                         drops["tx_ring_full"] += 1
                                     else:
-                                        d = x + TX_DATA_OFFSET
+                                        d = x + tx_data
                                         mm[d : d + 12] = svc.forward[t]
                                         mm[d + 12 : d + end] = mv[f + 12 : f + end]
-                                        if status & TP_STATUS_CSUMNOTREADY:
+                                        if status & csum_not_ready:
                                             fix_l4_checksum(mv, d + 14, d + 14 + ihl, d + end)
                                             stats.checksums_fixed += 1
                                         tx_header(mm, x, 1, end)
                                         tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
                                         queued += 1
-                                        if queued >= BATCH:
+                                        if queued >= batch:
                                             ring.flush()
                                             queued = 0
                                         fwd += 1
@@ -334,10 +342,12 @@ class Forwarder:
                         stats.arp_replies += 1
                 else:
                     drops["ethertype"] += 1
-            mm[h : h + 4] = ZERO  # hand the slot back to the kernel
+            mm[h : h + 4] = zero  # hand the slot back to the kernel
             rx_slot = rx_slot + 1 if rx_slot + 1 < nrx else 0
 
-    def _target(self, svc: Service, src: bytes, key: bytes, syn: bool, proto: int, now: float) -> int | None:
+    def _target(
+        self, table: ForwardingTable, svc: Service, src: bytes, key: bytes, syn: bool, proto: int, now: float
+    ) -> int | None:
         """The slow path's choice for a packet, recorded as a flow the fast path can follow.
 
         A known flow keeps its target (also a draining one) unless a new TCP connection starts; a new
@@ -360,9 +370,10 @@ class Forwarder:
             state.counters[t],
             proto,
             state,
-            self.table,
+            table,
             t not in svc.active,
             svc.timeout,
+            40 if proto == 6 else 28,  # shortest IP packet with a whole transport header
         ]
         return t
 
