@@ -25,6 +25,7 @@ from dsrlb.dataplane.forwarder import Forwarder, ForwardingTable, Service, Servi
 from dsrlb.dataplane.packet import arp_frame, gratuitous_arp
 from dsrlb.dataplane.ring import PacketRing
 from dsrlb.health import HealthMonitor
+from dsrlb.ingress import IngressFilter
 from dsrlb.selection import Candidate, Selector
 from dsrlb.vrrp import GROUP_MAC, INIT, MASTER, VrrpRouter
 
@@ -114,6 +115,7 @@ class Daemon:
         self.arp_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.arp_sock.bind((self.interface.name, 0))
         self.forwarder = Forwarder(self.ring)
+        self.ingress = IngressFilter(self.interface.name)
         loop = asyncio.get_running_loop()
         self.forwarder.on_neighbor = lambda ip: loop.call_soon_threadsafe(self.schedule_rebuild)
         self.forwarder.on_vrrp = lambda frame: loop.call_soon_threadsafe(self._vrrp_receive, frame)
@@ -143,6 +145,7 @@ class Daemon:
         for server in servers:
             server.close()
         self.forwarder.stop()
+        self.ingress.remove()
         self.ring.close()
         self.arp_sock.close()
         return 0
@@ -202,7 +205,9 @@ class Daemon:
         for sid in [s for s in self.states if s not in config.servers]:
             del self.states[sid]
         self._configure_vrrp(config)
-        self.ring.attach_filter(bpf.program(self._addresses(config)))
+        addresses = self._addresses(config)
+        self.ring.attach_filter(bpf.program(addresses))
+        self.ingress.apply(addresses)
         self.rebuild()
 
     @staticmethod

@@ -10,6 +10,8 @@ import time
 import pytest
 from dsr_lab import CLIENT_SOURCES, VIP, Lab
 
+from dsrlb.netns import snmp_counters
+
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(
@@ -122,6 +124,22 @@ def test_replies_bypass_the_balancer(lab: Lab) -> None:
     assert captured["balancer"] == [], "replies crossed the balancer's interface"
     forwarded = lab.show("stats")["forwarded"] - forwarded_before  # type: ignore[index]
     assert forwarded >= 3 * len(SOURCES), "each request is at least SYN, ACK and GET through the balancer"
+
+
+def test_balancer_kernel_leaves_vip_traffic_alone(lab: Lab) -> None:
+    """The daemon's ingress filter keeps the balancer's own IP stack out of VIP traffic: without it,
+    every forwarded frame would also be routed by that kernel and dropped as not forwardable."""
+
+    def ip_errors() -> int:
+        ip = snmp_counters(lab.topo.proc_net("balancer", "snmp"), "Ip")
+        return ip["InAddrErrors"] + ip["InDiscards"] + ip["InHdrErrors"]
+
+    before_errors = ip_errors()
+    forwarded_before = lab.show("stats")["forwarded"]  # type: ignore[index]
+    results = lab.http(SOURCES)
+    assert not failures(results), results
+    assert lab.show("stats")["forwarded"] - forwarded_before >= 3 * len(SOURCES)  # type: ignore[index]
+    assert ip_errors() == before_errors
 
 
 def test_dead_target_is_avoided_and_returns(lab: Lab) -> None:
