@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 
 import pytest
@@ -142,6 +143,32 @@ def test_balancer_kernel_leaves_vip_traffic_alone(lab: Lab) -> None:
     assert ip_errors() == before_errors
 
 
+METRICS = """
+import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:9410/metrics", timeout=5).read().decode())
+"""
+
+
+def test_metrics_count_what_was_forwarded(lab: Lab) -> None:
+    def scrape() -> dict[str, float]:
+        text = lab.python("balancer", METRICS)
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+
+    before = scrape()
+    results = lab.http(SOURCES)
+    assert not failures(results), results
+    after = scrape()
+    per_target = [k for k in after if k.startswith("dsrlb_target_packets_total")]
+    assert len(per_target) == 2
+    assert sum(after[k] - before.get(k, 0) for k in per_target) >= 3 * len(SOURCES)
+    assert after['dsrlb_target_up{target="1",ipaddr="172.16.1.100"}'] == 1
+    assert after["dsrlb_forwarded_total"] > before["dsrlb_forwarded_total"]
+
+
 def test_dead_target_is_avoided_and_returns(lab: Lab) -> None:
     before = lab.http(SOURCES)
     assert not failures(before), before
@@ -215,13 +242,25 @@ def test_bad_reload_keeps_serving_and_good_reload_applies(lab: Lab) -> None:
         assert not failures(results), results
         assert [s["id"] for s in lab.show("servers")] == [1]  # type: ignore[index, union-attr]
 
+        sessions = {(s["client"], s["target"]) for s in lab.show("sessions")}  # type: ignore[union-attr, index]
+        assert sessions
         lab.conf.write_text(good)
         res = lab.ctl("reload")
         assert res.returncode == 0, res.stderr
         assert sorted(s["id"] for s in lab.show("servers")) == [1, 2]  # type: ignore[union-attr, index]
         assert lab.show("stats")["generation"] > generation  # type: ignore[index]
+        kept = {(s["client"], s["target"]) for s in lab.show("sessions")}  # type: ignore[union-attr, index]
+        assert sessions <= kept, "a reload keeps the sessions of targets that still exist"
         results = lab.http(SOURCES)
         assert not failures(results), results
+
+        # SIGHUP is a reload too
+        generation = lab.show("stats")["generation"]  # type: ignore[index]
+        lab.daemon.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while lab.show("stats")["generation"] == generation and time.monotonic() < deadline:  # type: ignore[index]
+            time.sleep(0.05)
+        assert lab.show("stats")["generation"] == generation + 1  # type: ignore[index]
     finally:
         lab.conf.write_text(seed)
         assert lab.ctl("reload").returncode == 0
