@@ -102,9 +102,13 @@ class Daemon:
             log.warning("%s", warning)
         try:
             self.interface, self.network = data_plane_of(self.config)
-            self.ring = PacketRing(self.interface.name)
-        except (StartupError, OSError) as err:
+        except StartupError as err:
             print(f"dsrlb: {err}", file=sys.stderr)
+            return 1
+        try:
+            self.ring = PacketRing(self.interface.name)
+        except OSError as err:
+            print(f"dsrlb: interface {self.interface.name}: {err.strerror or err}", file=sys.stderr)
             return 1
         if self.interface.threads > 1:
             log.warning(
