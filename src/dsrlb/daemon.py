@@ -27,13 +27,13 @@ from dsrlb.dataplane.ring import PacketRing
 from dsrlb.health import HealthMonitor
 from dsrlb.ingress import IngressFilter
 from dsrlb.selection import Candidate, Selector
-from dsrlb.vrrp import GROUP_MAC, INIT, MASTER, VrrpRouter
+from dsrlb.vrrp import GROUP_MAC, MASTER, VrrpRouter
 
 log = logging.getLogger("dsrlb")
 
 PROTOCOLS = {"tcp": 6, "udp": 17}
 ARP_RETRY = 1.0  # seconds between ARP requests for a target whose MAC we do not know
-GARP_BURST = (0.0, 0.1, 0.2, 3.0)  # gratuitous ARP on taking over: a burst, then once more later
+GARP_BURST = (0.05, 0.1, 0.2, 3.0)  # gratuitous ARP after the first: a burst, then once more later
 
 
 class StartupError(Exception):
@@ -322,6 +322,7 @@ class Daemon:
 
     def _announce_burst(self) -> None:
         loop = asyncio.get_running_loop()
+        self._announce()
         for delay in GARP_BURST:
             loop.call_later(delay, self._announce)
 
@@ -366,9 +367,26 @@ class Daemon:
             self.vrrp.receive(frame)
 
     def _vrrp_state(self, state: str) -> None:
-        self.answering = state == MASTER
-        self.forwarding = self.answering or (state == INIT and self._handing_over)
+        """Master answers and forwards. A master that steps down keeps forwarding for a grace period
+        (make before break: the network may still send to it until the new master's gratuitous ARP
+        has landed; both pick the same target for a client); one that is stopping (priority 0) also
+        keeps answering ARP until a new master is heard (see `_hand_over`)."""
+        was_forwarding = self.forwarding
+        self.answering = state == MASTER or self._handing_over
+        self.forwarding = self.answering
+        if was_forwarding and not self.forwarding and self.vrrp is not None:
+            self.forwarding = True
+            asyncio.get_running_loop().call_later(self._grace(), self._end_grace)
         self.rebuild()
+
+    def _grace(self) -> float:
+        assert self.vrrp is not None
+        return max(0.2, 2 * self.vrrp.advert_interval)
+
+    def _end_grace(self) -> None:
+        if not self.answering and self.forwarding:
+            self.forwarding = False
+            self.rebuild()
 
     def _ready(self) -> bool:
         """Ready to take over from a working master: every server has a target to send clients to,
@@ -392,7 +410,9 @@ class Daemon:
         deadline = asked + router.master_down_interval() + 1.0
         while router.peer_master_seen < asked and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(max(0.2, 2 * router.advert_interval))  # frames already on their way to us
+        self.answering = False  # the new master answers from now on; we only forward what still comes
+        self.rebuild()
+        await asyncio.sleep(self._grace())
         log.info("handed over after %.2f s", time.monotonic() - asked)
 
     def _send(self, frame: bytes) -> None:

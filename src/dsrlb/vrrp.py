@@ -234,8 +234,8 @@ class VrrpRouter:
     def _become_master(self, why: str) -> None:
         self.master = self.source
         self._set_state(MASTER, why)
+        self._announce()  # tell the network first: the old master stops forwarding on our advert
         self._advertise()
-        self._announce()
 
     def _become_backup(self, advert: Advert | None, why: str) -> None:
         if advert is not None:
