@@ -1,0 +1,28 @@
+"""One converged lab fleet for the module: `dsrlb lab up` in a state directory unique to the run, the lab
+web service and site.yml applied, and always `lab down --purge` at the end, also when tests fail."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
+from labrun import LabRun, new_state_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[LabRun]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    run = LabRun(new_state_dir("fleet"))
+    try:
+        run.lab("up")
+        run.playbook("playbooks/lab-web.yml")
+        run.playbook("site.yml")
+        yield run
+    finally:
+        run.lab("down", "--purge", check=False)
