@@ -1,0 +1,347 @@
+"""The lab's balancer pair under test: who runs there (dsrlb or keepalived), failover events, the client
+probe, ARP and advert captures. Everything runs inside lab hosts (nsenter into their namespaces).
+
+keepalived stands in as the baseline the way it is deployed without IPVS (not available in this
+kernel): the master holds the VIP and `virt` on its own eth0 and a small HTTP server on every balancer
+node answers on port 80. Its data path is that server, so `kill -9` kills keepalived's two processes
+(PIDs from its pid files) and the server at once: like dsrlb, whose data path dies with the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labrun import BIN, REPO, LabRun
+
+from dsrlb.lab.lab import Lab
+
+VIP = "172.16.1.10"
+VIRT = "172.16.1.253"
+ROUTER_LAN = "172.16.1.254"
+ADVERT_MS = 100
+VRID = 50  # for the pair this suite provisions itself; a pair from site.yml keeps its own
+BALANCERS = {"lb1": ("172.16.1.252", 200), "lb2": ("172.16.1.251", 100)}
+TARGETS = ("web1", "web2")
+PROBE = Path(__file__).with_name("probe.py")
+SEED = REPO / "tests/daemon/integration/seed.conf"  # the seed config, unchanged
+SEED_REAL = "real 172.16.1.252"
+DSRLB, KEEPALIVED = "dsrlb", "keepalived"
+SETTLE = 0.7  # seconds of probing after a change has completed
+
+# Units of the balancers (files persist on the hosts' disks, so enabled units come back after a reboot).
+DSRLB_UNIT = f"""[Unit]
+Description=dsrlb (HA test pair, provisioned by tests/ha)
+After=network-online.target
+
+[Service]
+Type=notify
+ExecStart={BIN}/dsrlb run -c /etc/dsrlb/dsrlb.conf
+Restart=on-failure
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+"""
+HA_WEB_UNIT = """[Unit]
+Description=HTTP on the balancer node itself (keepalived baseline without IPVS)
+
+[Service]
+ExecStart=/usr/bin/python3 -m http.server 80 --directory /srv/ha-web
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def dsrlb_config(real: str, priority: int) -> str:
+    """The seed config of this balancer with the pair's vrrp block."""
+    seed = SEED.read_text()
+    assert SEED_REAL in seed, f"{SEED}: expected '{SEED_REAL}'"
+    vrrp = (
+        f"vrrp {{\n  vrid {VRID}\n  priority {priority}\n  network 1\n  advert {ADVERT_MS}\n  preempt on\n}}"
+    )
+    return seed.replace(SEED_REAL, f"real {real}") + vrrp + "\n"
+
+
+def keepalived_config(host: str, vrid: int, priority: int) -> str:
+    # No vrrp_strict: its nftables rules drop traffic to the VIP. advert_int < 1 needs version 3.
+    return f"""global_defs {{
+  router_id {host}
+  vrrp_version 3
+}}
+vrrp_instance ha {{
+  state BACKUP
+  interface eth0
+  virtual_router_id {vrid}
+  priority {priority}
+  advert_int {ADVERT_MS / 1000}
+  virtual_ipaddress {{
+    {VIP}/32
+    {VIRT}/32
+  }}
+}}
+"""
+
+
+@dataclass
+class Window:
+    """Client attempts during one measurement window."""
+
+    attempts: list[list]  # [start, end, ok, who]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for a in self.attempts if not a[2])
+
+    @property
+    def gap(self) -> float:
+        """Longest interval between two successful replies, the window's edges counting as replies."""
+        if not self.attempts:
+            return float("inf")
+        points = [self.attempts[0][0], *sorted(a[1] for a in self.attempts if a[2]), self.attempts[-1][0]]
+        return max(b - a for a, b in zip(points, points[1:], strict=False))
+
+    def servers(self) -> set[str]:
+        return {a[3] for a in self.attempts if a[2]}
+
+
+class Probe:
+    """The client probe (probe.py) running in the lab's client host for the duration of a `with`."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.argv = lab.exec_argv("client", [sys.executable, str(PROBE), VIP])
+        self.window: Window | None = None
+
+    def __enter__(self) -> Probe:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        out, _ = self.proc.communicate(timeout=30)  # closes stdin: the probe's stop signal
+        if exc[0] is None:
+            assert self.proc.returncode == 0, out
+            self.window = Window(json.loads(out)["attempts"])
+
+
+@dataclass
+class Fleet:
+    """The two balancers and what each of them runs."""
+
+    run: LabRun
+    kinds: dict[str, str] = field(default_factory=dict)
+    vrid: int = VRID
+    provisioned_by: str = ""
+
+    def __post_init__(self) -> None:
+        self.lab = Lab(self.run.state_dir)
+
+    # --- plumbing -----------------------------------------------------------------------------------
+    def sh(self, host: str, script: str, check: bool = True, stdin: str | None = None) -> str:
+        proc = subprocess.run(
+            self.lab.exec_argv(host, ["sh", "-c", script]), input=stdin, capture_output=True, text=True
+        )
+        if check and proc.returncode:
+            raise AssertionError(f"{host}: {script!r} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def put(self, host: str, path: str, text: str) -> None:
+        self.sh(host, f"mkdir -p {Path(path).parent} && cat > {path}", stdin=text)
+
+    def mac(self, host: str) -> str:
+        return self.sh(host, "cat /sys/class/net/eth0/address").strip()
+
+    def vrrp(self, host: str) -> dict | None:
+        """`show vrrp` through the control socket of the host's dsrlb (None if it does not answer)."""
+        pid = self.lab.pid(host)
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                s.connect(f"/proc/{pid}/root/run/dsrlb/control.sock")
+                s.sendall(b'{"cmd": "show", "what": "vrrp"}\n')
+                reply = json.loads(s.makefile().readline())
+        except (OSError, ValueError):
+            return None
+        return reply["data"] if reply.get("ok") else None
+
+    def holds_vip(self, host: str) -> bool:
+        addrs = json.loads(self.sh(host, "ip -j -4 addr show dev eth0"))
+        return VIP in {a["local"] for link in addrs for a in link["addr_info"]}
+
+    def state(self, host: str) -> str:
+        """master / backup / down, as the host's VRRP speaker says (keepalived: whether it holds the VIP)."""
+        if self.kinds[host] == DSRLB:
+            return (self.vrrp(host) or {}).get("state", "down")
+        return "master" if self.holds_vip(host) else "backup"
+
+    def wait(self, what: str, cond: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.02)
+
+    def wait_master(self, host: str, timeout: float = 20.0) -> None:
+        other = next(h for h in BALANCERS if h != host)
+        self.wait(
+            f"{host} master, {other} backup ({self.kinds})",
+            lambda: self.state(host) == "master" and self.state(other) == "backup",
+            timeout,
+        )
+
+    def curl(self, timeout: float = 2.0) -> str:
+        return self.sh("client", f"curl -sS --max-time {timeout} http://{VIP}/").strip()
+
+    # --- provisioning -------------------------------------------------------------------------------
+    def provision(self) -> None:
+        """dsrlb.service on lb1/lb2 from site.yml when it is complete and converges, else by hand."""
+        self.run.playbook("playbooks/lab-web.yml")  # HTTP on the targets: their health checks pass
+        self.provisioned_by = self._site_yml() or self._by_hand()
+        for host, (_, priority) in BALANCERS.items():
+            self.put(host, "/srv/ha-web/index.html", f"{host}\n")
+            self.put(host, "/etc/systemd/system/ha-web.service", HA_WEB_UNIT)
+            self.put(host, "/etc/keepalived/keepalived.conf", keepalived_config(host, self.vrid, priority))
+            self.sh(host, "systemctl daemon-reload")
+        self.kinds = dict.fromkeys(BALANCERS, DSRLB)
+        self.wait_master("lb1")
+        self.vrid = self.vrrp("lb1")["vrid"]
+        for host, (_, priority) in BALANCERS.items():  # keepalived on the same VRID as the dsrlb pair
+            self.put(host, "/etc/keepalived/keepalived.conf", keepalived_config(host, self.vrid, priority))
+
+    def _site_yml(self) -> str:
+        site = REPO / "site.yml"
+        if not site.exists():
+            return ""
+        wanted = [
+            line.split(":", 1)[1].strip()
+            for line in site.read_text().splitlines()
+            if "import_playbook" in line
+        ]
+        if not all((REPO / p).exists() for p in wanted):
+            return ""
+        proc = self.run.ansible_cli("ansible-playbook", ["site.yml"], {})
+        if proc.returncode:
+            print(
+                f"\nsite.yml failed ({proc.returncode}), the pair is provisioned by hand:\n"
+                f"{proc.stdout[-2000:]}"
+            )
+            return ""
+        return "site.yml"
+
+    def _by_hand(self) -> str:
+        for host in TARGETS:
+            self.sh(
+                host,
+                f"ip addr replace {VIP}/32 dev lo && "
+                "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
+            )
+        for host, (real, priority) in BALANCERS.items():
+            self.put(host, "/etc/dsrlb/dsrlb.conf", dsrlb_config(real, priority))
+            self.put(host, "/etc/systemd/system/dsrlb.service", DSRLB_UNIT)
+            self.sh(host, "systemctl daemon-reload && systemctl enable -q dsrlb && systemctl restart dsrlb")
+        return "by hand (seed config + vrrp, tests/ha unit)"
+
+    def use(self, lb1: str = DSRLB, lb2: str = DSRLB) -> None:
+        """Run dsrlb or keepalived on each balancer; wait until lb1 is master and the VIP serves."""
+        wanted = {"lb1": lb1, "lb2": lb2}
+        for host in BALANCERS:  # both off first, so no half-configured pair elects anything
+            self.sh(
+                host,
+                "systemctl disable -q --now dsrlb keepalived ha-web; systemctl reset-failed; "
+                f"ip addr del {VIP}/32 dev eth0; ip addr del {VIRT}/32 dev eth0; true",
+            )
+        for host in ("lb2", "lb1"):
+            units = "dsrlb" if wanted[host] == DSRLB else "ha-web keepalived"
+            self.sh(host, f"systemctl enable -q --now {units}")
+        self.kinds = wanted
+        self.wait_master("lb1")
+        self.wait(
+            "a reply from the VIP", lambda: self.sh("client", f"curl -s -m1 http://{VIP}/", check=False) != ""
+        )
+
+    # --- events on a balancer -----------------------------------------------------------------------
+    def stop(self, host: str) -> None:
+        self.sh(host, f"systemctl stop {'dsrlb' if self.kinds[host] == DSRLB else 'keepalived'}")
+
+    def kill(self, host: str) -> None:
+        if self.kinds[host] == DSRLB:
+            self.sh(host, "kill -9 $(systemctl show -P MainPID dsrlb)")
+        else:
+            self.sh(
+                host, "kill -9 $(cat /run/keepalived.pid /run/vrrp.pid) $(systemctl show -P MainPID ha-web)"
+            )
+
+    def reboot(self, host: str) -> None:
+        self.run.lab("reboot", host)
+
+    def recover(self, host: str, event: str) -> None:
+        """Bring the host's service back after an event (a reboot brings enabled units back itself)."""
+        if event == "reboot":
+            return
+        if self.kinds[host] == DSRLB:
+            self.sh(host, "systemctl start dsrlb")
+            return
+        if event == "kill":  # a killed keepalived leaves its addresses behind
+            self.sh(
+                host, f"ip addr del {VIP}/32 dev eth0; ip addr del {VIRT}/32 dev eth0; systemctl reset-failed"
+            )
+        self.sh(host, "systemctl start ha-web keepalived")
+
+    def failover(self, event: str) -> tuple[Window, Window]:
+        """One run: the master (lb1) suffers `event` while the client probes; then it comes back and
+        (preempt) takes over again while the client probes. Returns (failover, recovery) windows."""
+        self.wait_master("lb1")
+        with Probe(self.lab) as failing:
+            time.sleep(0.3)
+            action = threading.Thread(target=getattr(self, event), args=("lb1",))
+            action.start()
+            self.wait("lb2 to take over", lambda: self.state("lb2") == "master")
+            action.join()
+            time.sleep(SETTLE)
+        with Probe(self.lab) as recovering:
+            time.sleep(0.3)
+            self.recover("lb1", event)
+            self.wait_master("lb1", timeout=30)
+            time.sleep(SETTLE)
+        assert failing.window is not None and recovering.window is not None
+        return failing.window, recovering.window
+
+    # --- what the segment sees ----------------------------------------------------------------------
+    def arp_answers(self, address: str = VIP) -> set[str]:
+        """MACs that answer a broadcast ARP request for `address`, asked from the router (scapy)."""
+        script = (
+            "import json; from scapy.all import ARP, Ether, srp; "
+            f"ans, _ = srp(Ether(dst='ff:ff:ff:ff:ff:ff') / ARP(pdst='{address}', psrc='{ROUTER_LAN}'), "
+            "iface='eth0', timeout=0.5, multi=True, verbose=0); "
+            "print(json.dumps(sorted({r[ARP].hwsrc for _, r in ans})))"
+        )
+        return set(json.loads(self.sh("router", f'{sys.executable} -c "{script}"')))
+
+    def capture_adverts(self, seconds: float) -> list[bytes]:
+        """Raw frames of IP protocol 112 seen on the LAN segment from the router."""
+        script = (
+            "from scapy.all import IP, raw, sniff; "
+            f"ps = sniff(iface='eth0', timeout={seconds}, lfilter=lambda p: IP in p and p[IP].proto == 112); "
+            "print('\\n'.join(raw(p).hex() for p in ps))"
+        )
+        return [bytes.fromhex(line) for line in self.sh("router", f'{sys.executable} -c "{script}"').split()]
+
+    def block_adverts(self, host: str, block: bool) -> None:
+        """Drop VRRP leaving `host` (netdev egress: dsrlb's packet sockets bypass the IP hooks)."""
+        if block:
+            self.sh(
+                host,
+                "nft -f -",
+                stdin='table netdev ha_split {\n  chain out {\n    type filter hook egress device "eth0" '
+                "priority 0; ip protocol 112 drop;\n  }\n}\n",
+            )
+        else:
+            self.sh(host, "nft delete table netdev ha_split")
