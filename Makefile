@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 
-.PHONY: test demo deps venv lint test-unit test-integration test-lab test-collection bench lab-up lab-down clean
+.PHONY: test demo deps venv lint lint-ansible test-unit test-integration test-lab test-collection test-fleet \
+	test-ha bench lab-up lab-down clean
 
 deps:
 	@bash scripts/install-deps
@@ -36,7 +37,20 @@ test-collection: $(STAMP)
 	bash scripts/collection-test
 	$(PYTEST) tests/collection
 
-test: lint test-unit test-integration test-lab test-collection
+lint-ansible: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint roles/ playbooks/ site.yml molecule/
+
+test-fleet: $(STAMP)
+	$(PYTEST) tests/fleet
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test
+
+test-ha: $(STAMP)
+	$(PYTEST) -s tests/ha
+
+test: lint lint-ansible test-unit test-integration test-lab test-collection test-fleet test-ha
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo
 
 lab-up: $(STAMP)
 	$(BIN)/dsrlb lab up
