@@ -589,7 +589,9 @@ class BalancerConfig:
             data = ControlClient(control).reload()
         except ControlError as err:
             if err.unreachable:
-                self.module.warn(f"{err.message}; the daemon will read {self.path} when it starts")
+                # No socket at all is a daemon not started yet (first install): nothing to say.
+                if os.path.exists(control):
+                    self.module.warn(f"{err.message}; the daemon will read {self.path} when it starts")
                 return
             if before is None:
                 os.unlink(self.path)

@@ -34,6 +34,7 @@ log = logging.getLogger("dsrlb")
 PROTOCOLS = {"tcp": 6, "udp": 17}
 ARP_RETRY = 1.0  # seconds between ARP requests for a target whose MAC we do not know
 GARP_BURST = (0.05, 0.1, 0.2, 3.0)  # gratuitous ARP after the first: a burst, then once more later
+GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that learned a wrong MAC recovers
 
 
 class StartupError(Exception):
@@ -134,6 +135,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         arp_task = asyncio.create_task(self._resolve_targets())
+        garp_task = asyncio.create_task(self._keep_announcing())
         if not self.vrrp:
             self._announce()
         systemd.notify("READY=1\nSTATUS=forwarding")
@@ -143,6 +145,7 @@ class Daemon:
         if self.vrrp:
             await self._hand_over()
         arp_task.cancel()
+        garp_task.cancel()
         for rt in self.runtime.values():
             if rt.task:
                 rt.task.cancel()
@@ -319,6 +322,13 @@ class Daemon:
             return
         for addr in self._addresses(self.config):
             self._send(gratuitous_arp(self.ring.mac, addr.packed))
+
+    async def _keep_announcing(self) -> None:
+        """Repeat gratuitous ARP while we own the addresses: a router that cached another MAC for a
+        VIP (say, a target that answered ARP for it by mistake) comes back to us without expiring."""
+        while True:
+            await asyncio.sleep(GARP_REFRESH)
+            self._announce()
 
     def _announce_burst(self) -> None:
         loop = asyncio.get_running_loop()

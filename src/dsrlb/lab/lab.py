@@ -25,7 +25,7 @@ from dsrlb.lab.topology import Topology
 
 DEFAULT_STATE_DIR = "/var/lib/dsrlb-lab"
 STATE_ENV = "DSRLB_LAB_STATE_DIR"
-BOOT_TIMEOUT = 60.0
+BOOT_TIMEOUT = 120.0  # generous: two labs booting at once on two cores take a while
 REBOOT_GRACE = 10.0
 
 
