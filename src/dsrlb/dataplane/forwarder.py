@@ -220,6 +220,7 @@ class Forwarder:
                     self._sweep(now)
                     next_sweep = now + SWEEP_INTERVAL
             f = h + mac_off
+            head = None  # set when the frame is to be forwarded: the new Ethernet addresses
             # Fast path: a packet of a flow checked against the current table, in a well-formed frame.
             fl = flows.get(mm[f + 26 : f + 38]) if snap == length and 38 <= length <= max_frame else None
             if fl is not None and fl[6] is table:
@@ -233,34 +234,11 @@ class Forwarder:
                     and fl[9] <= total <= length - 14
                     and not (fl[7] and proto == 6 and mm[f + 47] & 0x12 == 0x02)  # SYN to a draining target
                 ):
-                    end = 14 + total
-                    x = tx_base + tx_slot * frame_size
-                    if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
-                        drops["tx_ring_full"] += 1
-                    else:
-                        d = x + tx_data
-                        mm[d : d + 12] = fl[2]  # the only change: Ethernet addresses
-                        mm[d + 12 : d + end] = mv[f + 12 : f + end]
-                        if status & csum_not_ready:
-                            fix_l4_checksum(mv, d + 14, d + 34, d + end)
-                            stats.checksums_fixed += 1
-                        tx_header(mm, x, 1, end)
-                        tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
-                        queued += 1
-                        if queued >= batch:
-                            ring.flush()
-                            queued = 0
-                        fwd += 1
-                        fl[1] = now
-                        c = fl[3]
-                        c[0] += 1
-                        c[1] += end
-                    mm[h : h + 4] = zero
-                    rx_slot = rx_slot + 1 if rx_slot + 1 < nrx else 0
-                    continue
-            if snap < length or length > max_frame or length < 38:
+                    head, counter, ihl = fl[2], fl[3], 20
+                    fl[1] = now
+            if head is None and (snap < length or length > max_frame or length < 38):
                 drops["truncated" if snap < length else "oversize" if length > max_frame else "runt"] += 1
-            else:
+            elif head is None:  # slow path: parse, validate, select, record the flow
                 (dmac, _, etype, vihl, _, total, _, frag, _, proto, _, src, dst, sport, dport) = ipv4_header(
                     mm, f
                 )
@@ -297,27 +275,7 @@ class Forwarder:
                                 if t is None:
                                     drops["no_target"] += 1
                                 else:
-                                    end = 14 + total
-                                    x = tx_base + tx_slot * frame_size
-                                    if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
-                                        drops["tx_ring_full"] += 1
-                                    else:
-                                        d = x + tx_data
-                                        mm[d : d + 12] = svc.forward[t]
-                                        mm[d + 12 : d + end] = mv[f + 12 : f + end]
-                                        if status & csum_not_ready:
-                                            fix_l4_checksum(mv, d + 14, d + 14 + ihl, d + end)
-                                            stats.checksums_fixed += 1
-                                        tx_header(mm, x, 1, end)
-                                        tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
-                                        queued += 1
-                                        if queued >= batch:
-                                            ring.flush()
-                                            queued = 0
-                                        fwd += 1
-                                        c = svc.state.counters[t]
-                                        c[0] += 1
-                                        c[1] += end
+                                    head, counter = svc.forward[t], svc.state.counters[t]
                     elif proto == 1:
                         if dst in table.answer:
                             reply = icmp_echo_reply(mm[f : f + 14 + total], 14, 14 + total, own)
@@ -342,6 +300,27 @@ class Forwarder:
                         stats.arp_replies += 1
                 else:
                     drops["ethertype"] += 1
+            if head is not None:  # forward: copy the frame to the TX ring with new Ethernet addresses
+                end = 14 + total
+                x = tx_base + tx_slot * frame_size
+                if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
+                    drops["tx_ring_full"] += 1
+                else:
+                    d = x + tx_data
+                    mm[d : d + 12] = head  # the only change
+                    mm[d + 12 : d + end] = mv[f + 12 : f + end]
+                    if status & csum_not_ready:
+                        fix_l4_checksum(mv, d + 14, d + 14 + ihl, d + end)
+                        stats.checksums_fixed += 1
+                    tx_header(mm, x, 1, end)
+                    tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
+                    queued += 1
+                    if queued >= batch:
+                        ring.flush()
+                        queued = 0
+                    fwd += 1
+                    counter[0] += 1
+                    counter[1] += end
             mm[h : h + 4] = zero  # hand the slot back to the kernel
             rx_slot = rx_slot + 1 if rx_slot + 1 < nrx else 0
 
