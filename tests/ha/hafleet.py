@@ -117,7 +117,7 @@ class Probe:
     """The client probe (probe.py) running in the lab's client host for the duration of a `with`."""
 
     def __init__(self, lab: Lab) -> None:
-        self.argv = lab.exec_argv("client", [sys.executable, str(PROBE), VIP])
+        self.argv = lab.net_argv("client", [sys.executable, str(PROBE), VIP])
         self.window: Window | None = None
 
     def __enter__(self) -> Probe:
@@ -150,6 +150,15 @@ class Fleet:
             self.lab.exec_argv(host, ["sh", "-c", script]), input=stdin, capture_output=True, text=True
         )
         if check and proc.returncode:
+            raise AssertionError(f"{host}: {script!r} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def net_python(self, host: str, script: str) -> str:
+        """Run a Python snippet of this test run (its venv: scapy) in the host's network namespace."""
+        proc = subprocess.run(
+            self.lab.net_argv(host, [sys.executable, "-c", script]), capture_output=True, text=True
+        )
+        if proc.returncode:
             raise AssertionError(f"{host}: {script!r} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
         return proc.stdout
 
@@ -323,7 +332,7 @@ class Fleet:
             "iface='eth0', timeout=0.5, multi=True, verbose=0); "
             "print(json.dumps(sorted({r[ARP].hwsrc for _, r in ans})))"
         )
-        return set(json.loads(self.sh("router", f'{sys.executable} -c "{script}"')))
+        return set(json.loads(self.net_python("router", script)))
 
     def capture_adverts(self, seconds: float) -> list[bytes]:
         """Raw frames of IP protocol 112 seen on the LAN segment from the router."""
@@ -332,7 +341,7 @@ class Fleet:
             f"ps = sniff(iface='eth0', timeout={seconds}, lfilter=lambda p: IP in p and p[IP].proto == 112); "
             "print('\\n'.join(raw(p).hex() for p in ps))"
         )
-        return [bytes.fromhex(line) for line in self.sh("router", f'{sys.executable} -c "{script}"').split()]
+        return [bytes.fromhex(line) for line in self.net_python("router", script).split()]
 
     def block_adverts(self, host: str, block: bool) -> None:
         """Drop VRRP leaving `host` (netdev egress: dsrlb's packet sockets bypass the IP hooks)."""

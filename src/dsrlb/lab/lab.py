@@ -182,6 +182,11 @@ class Lab:
     def exec_argv(self, name: str, argv: list[str]) -> list[str]:
         return host.nsenter(self.require(name), argv)
 
+    def net_argv(self, name: str, argv: list[str]) -> list[str]:
+        """Command line running ``argv`` in the host's network namespace only: it sees this machine's
+        files (a test's own venv, wherever the checkout is), but the host's interfaces."""
+        return ["nsenter", "-t", str(self.require(name)), "-n", "--", *argv]
+
     # -- internals ----------------------------------------------------------------------------
     def _recorded_hosts(self) -> list[str]:
         hosts = self.state_dir / "hosts"
