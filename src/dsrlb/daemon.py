@@ -279,14 +279,12 @@ class Daemon:
                 continue  # a VRRP backup stays silent
             state = self.states.setdefault(server.id, ServiceState())
             services[(server.ipaddr.packed, PROTOCOLS[server.protocol], server.port)] = Service(
-                server.id, selector, frozenset(active), forward, server.session, state
+                selector, frozenset(active), forward, server.session, state
             )
         self._selectors = selectors
         answer = frozenset(a.packed for a in self._addresses(config)) if self.answering else frozenset()
         neighbors = frozenset(t.ipaddr.packed for t in self._serving_targets(config).values())
-        self.forwarder.install(
-            ForwardingTable(services, answer, neighbors, self.generation, config.settings.drainidle)
-        )
+        self.forwarder.install(ForwardingTable(services, answer, neighbors, config.settings.drainidle))
 
     # --- neighbours ---------------------------------------------------------------------------
     async def _resolve_targets(self) -> None:

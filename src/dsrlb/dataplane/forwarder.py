@@ -56,7 +56,6 @@ class ServiceState:
 
 @dataclass(frozen=True)
 class Service:
-    server_id: int
     selector: Selector
     active: frozenset[int]  # may take new connections
     forward: dict[int, bytes]  # target -> new Ethernet addresses (its MAC + ours), active and draining
@@ -71,7 +70,6 @@ class ForwardingTable:
     services: dict[tuple[bytes, int, int], Service]  # (VIP, IP protocol, port)
     answer: frozenset[bytes]  # addresses we answer ARP and ping for (empty while VRRP backup)
     neighbors: frozenset[bytes]  # addresses whose MAC we learn from ARP (the targets)
-    generation: int = 0
     recent: float = 5.0  # a flow with a packet this recent counts as an open connection
 
 

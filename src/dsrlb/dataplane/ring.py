@@ -25,13 +25,8 @@ PACKET_IGNORE_OUTGOING = 23
 TPACKET_V2 = 1
 SO_ATTACH_FILTER = 26
 
-TP_STATUS_KERNEL = 0
-TP_STATUS_USER = 0x1
-TP_STATUS_SEND_REQUEST = 0x1
-TP_STATUS_SENDING = 0x2
-TP_STATUS_WRONG_FORMAT = 0x4
-TP_STATUS_LOSING = 0x4
-TP_STATUS_CSUMNOTREADY = 0x8
+TP_STATUS_USER = 0x1  # RX slot filled by the kernel (TX: 0x1 is SEND_REQUEST)
+TP_STATUS_CSUMNOTREADY = 0x8  # the frame's transport checksum is still to be computed
 
 TPACKET2_HDR = struct.Struct("<IIIHHIIHH")  # status len snaplen mac net sec nsec vlan_tci vlan_tpid
 TX_DATA_OFFSET = 32  # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where the kernel reads a TX frame

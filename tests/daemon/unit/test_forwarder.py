@@ -79,10 +79,10 @@ class Harness:
         forward = {t: raw(MAC[t]) + raw(OWN) for t in (*active, *draining)}
         services = {
             (socket.inet_aton(VIP), 17, 53): Service(
-                1, selector, frozenset(active), forward, self.timeout, self.state
+                selector, frozenset(active), forward, self.timeout, self.state
             ),
             (socket.inet_aton(VIP), 6, 80): Service(
-                2, selector, frozenset(active), forward, self.timeout, self.tcp_state
+                selector, frozenset(active), forward, self.timeout, self.tcp_state
             ),
         }
         answer = frozenset({socket.inet_aton(VIP), socket.inet_aton(VIRT)})
