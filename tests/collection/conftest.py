@@ -1,8 +1,9 @@
 """Run the collection's modules for real through `ansible localhost -c local`.
 
 loopback_alias and arp_sysctl run inside a throwaway network namespace (name prefix `dsrlbct-<pid>-`),
-so they change real kernel state without touching the host's own addresses or sysctls. Namespaces left
-behind by a crashed earlier run (whose pid is gone) are removed at the start.
+so they change real kernel state without touching the host's own addresses or sysctls; the balancer
+modules talk to a real dsrlb daemon running in such namespaces. Namespaces left behind by a crashed
+earlier run (whose pid is gone) are removed at the start.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / ".venv" / "bin" / "ansible"
+DSRLB = ROOT / ".venv" / "bin" / "dsrlb"
+SEED = ROOT / "tests" / "daemon" / "integration" / "seed.conf"  # the seed config, byte for byte
 PREFIX = "dsrlbct-"
 _counter = itertools.count()
-
-sys.path.insert(0, str(ROOT / "collections"))
-from ansible_collections.dsrlb.fleet.tests.unit.fake_control import FakeControl  # noqa: E402
 
 
 @dataclass
@@ -106,12 +106,69 @@ def netns(_netns_capable: None) -> Iterator[str]:
         _ip("netns", "del", name, check=False)
 
 
+@dataclass
+class Daemon:
+    """A dsrlb daemon serving the seed config in a namespace, with its config file and control socket."""
+
+    conf: Path
+    sock: Path
+
+    def show(self, what: str) -> dict:
+        out = subprocess.run(
+            [str(DSRLB), "-s", str(self.sock), "show", what, "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return json.loads(out)
+
+
 @pytest.fixture
-def control() -> Iterator[FakeControl]:
-    """A fake daemon behind a real control socket, until the daemon itself can run in the tests."""
-    tmpdir = tempfile.mkdtemp(prefix="dsrlbct-")
+def daemon(_netns_capable: None, tmp_path: Path) -> Iterator[Daemon]:
+    """The seed config served by the real daemon: balancer namespace with eth0 172.16.1.252/24, and on
+    the veth's other end a target namespace with 172.16.1.100 answering on port 80 (target 1 up); nothing
+    answers for 172.16.1.101 (target 2 down)."""
+    tag = f"{PREFIX}{os.getpid()}-{next(_counter)}"
+    lb, web = f"{tag}", f"{tag}w"
+    conf, sock = tmp_path / "dsrlb.conf", tmp_path / "control.sock"
+    shutil.copy(SEED, conf)
+    procs: list[subprocess.Popen] = []
+    _ip("netns", "add", lb)
+    _ip("netns", "add", web)
     try:
-        with FakeControl(os.path.join(tmpdir, "control.sock")) as server:
-            yield server
+        _ip("-n", lb, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", web)
+        for ns, addr in ((lb, "172.16.1.252/24"), (web, "172.16.1.100/24")):
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", addr, "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", web, sys.executable, "-m", "http.server", "80", "-d", str(tmp_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        log = (tmp_path / "dsrlb.log").open("w")
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", lb, str(DSRLB), "-s", str(sock), "run", "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        daemon = Daemon(conf, sock)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # ready: the socket answers and target 1 has been checked
+            if sock.exists() and any(t["health"] == "up" for t in daemon.show("targets")):
+                break
+            assert procs[-1].poll() is None, (tmp_path / "dsrlb.log").read_text()
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"daemon not ready: {(tmp_path / 'dsrlb.log').read_text()}")
+        yield daemon
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+        _ip("netns", "del", lb, check=False)
+        _ip("netns", "del", web, check=False)

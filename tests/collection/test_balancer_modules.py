@@ -1,5 +1,5 @@
-"""balancer_config with the real `dsrlb check`; balancer_target/info against a fake control socket
-(the daemon cannot run here yet; the fake speaks the same protocol over a real Unix socket)."""
+"""balancer_config with the real `dsrlb check`; reloads, balancer_target and balancer_info against a real
+daemon serving the seed config in network namespaces."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, run_module
-
-DSRLB = ROOT / ".venv" / "bin" / "dsrlb"
-SEED = Path("/work/shared/seed/dsr-example.conf")
+from .conftest import DSRLB, SEED, Daemon, run_module
 
 
 def seed_args(path: Path, **extra) -> dict:
@@ -79,32 +76,48 @@ def test_balancer_config_rejected_by_dsrlb_check_changes_nothing(tmp_path, dsrlb
     assert conf.read_text() == before
 
 
-def test_balancer_config_reloads_the_daemon(tmp_path, control, dsrlb_check):
-    conf = tmp_path / "dsrlb.conf"
-    args = seed_args(conf, reload=True, control_socket=control.path)
+def test_balancer_config_reloads_the_daemon(daemon: Daemon, dsrlb_check):
+    generation = daemon.show("stats")["generation"]
+    args = seed_args(daemon.conf, reload=True, control_socket=str(daemon.sock))
     run = run_module("balancer_config", args)
-    assert run.changed and run.result["reloaded"] and run.result["generation"] == 2, run.output
-    assert not run_module("balancer_config", args).result["reloaded"]
-    assert control.requests == [{"cmd": "reload"}]
+    assert run.changed and run.result["reloaded"] and run.result["generation"] == generation + 1, run.output
+    assert daemon.show("stats")["generation"] == generation + 1
+    again = run_module("balancer_config", args)
+    assert not again.changed and not again.result["reloaded"]
+    assert daemon.show("stats")["generation"] == generation + 1
 
 
-def test_balancer_target_drain_wait_then_enable(control):
-    args = {"id": 2, "state": "drained", "wait": True, "timeout": 20, "control_socket": control.path}
+def test_balancer_config_rejected_by_the_daemon_is_put_back(daemon: Daemon, dsrlb_check):
+    before = daemon.conf.read_text()
+    args = seed_args(daemon.conf, reload=True, control_socket=str(daemon.sock))
+    args["interfaces"] = [{"id": 1, "name": "eth9", "access": "raw"}]  # valid text, wrong for this daemon
+    run = run_module("balancer_config", args)
+    assert run.failed and run.result.get("restored"), run.output
+    assert daemon.conf.read_text() == before
+
+
+def admin(daemon: Daemon, target: int) -> str:
+    return next(t["admin"] for t in daemon.show("targets") if t["id"] == target)
+
+
+def test_balancer_target_drain_wait_then_enable(daemon: Daemon):
+    args = {"id": 2, "state": "drained", "wait": True, "timeout": 20, "control_socket": str(daemon.sock)}
     check = run_module("balancer_target", args, check=True, diff=True)
-    assert check.changed and control.targets[2]["admin"] == "enabled", check.output
+    assert check.changed and admin(daemon, 2) == "enabled", check.output
     assert "+admin: draining" in check.diff
 
     run = run_module("balancer_target", args)
     assert run.changed and run.result["admin"] == "drained" and run.result["target"]["connections"] == 0
+    assert admin(daemon, 2) == "drained"
     assert not run_module("balancer_target", args).changed
 
-    enable = run_module("balancer_target", {"id": 2, "control_socket": control.path})
-    assert enable.changed and control.targets[2]["admin"] == "enabled"
+    enable = run_module("balancer_target", {"id": 2, "control_socket": str(daemon.sock)})
+    assert enable.changed and admin(daemon, 2) == "enabled"
 
 
-def test_balancer_info(control):
-    control.targets[1]["health"] = "down"
-    run = run_module("balancer_info", {"control_socket": control.path})
+def test_balancer_info(daemon: Daemon):
+    run = run_module("balancer_info", {"control_socket": str(daemon.sock)})
     assert not run.changed and not run.failed, run.output
-    assert {t["id"]: t["health"] for t in run.result["targets"]} == {1: "down", 2: "up"}
-    assert run.result["sessions"] == 2 and run.result["vrrp"]["state"] == "master"
+    assert {t["id"]: t["health"] for t in run.result["targets"]} == {1: "up", 2: "down"}
+    assert run.result["sessions"] == 0 and run.result["vrrp"]["state"] == "disabled"
+    assert [s["vip"] for s in run.result["servers"]] == ["172.16.1.10"]
