@@ -397,13 +397,20 @@ class Daemon:
             self.rebuild()
 
     def _ready(self) -> bool:
-        """Ready to take over from a working master: every server has a target to send clients to,
-        or the longest health-check timeout has passed since start (then there is nothing to wait for)."""
+        """Ready to take over from a working master: every target has been checked and every healthy
+        one has a MAC, so this node picks the same target for a client as the master does; or the
+        longest health-check timeout has passed since start (then there is nothing to wait for)."""
         assert self.config is not None
         longest = max((c.timeout for t in self.config.targets.values() for c in t.checks), default=0.0)
         if time.monotonic() - self.started > longest + 1:
             return True
-        return all(self.usable.get(s.id, 0) > 0 for s in self.config.servers.values() if s.serving)
+        for tid, target in self._serving_targets(self.config).items():
+            rt = self.runtime.get(tid)
+            if rt is None or (rt.monitor is not None and not rt.monitor.settled):
+                return False
+            if rt.up and self.mac_of(target) is None:
+                return False
+        return True
 
     async def _hand_over(self) -> None:
         """Clean stop of a master: announce priority 0 and keep forwarding until the backup has

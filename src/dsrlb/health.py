@@ -162,6 +162,7 @@ class _CheckState:
     last_success: float | None = None
     detail: str = "not probed yet"
     expiry: asyncio.TimerHandle | None = None
+    probed: bool = False
 
 
 class HealthMonitor:
@@ -211,8 +212,14 @@ class HealthMonitor:
             self._record(state, ok, detail)
             await asyncio.sleep(max(0.0, started + interval - self._clock()))
 
+    @property
+    def settled(self) -> bool:
+        """Every check has answered at least once: `up` is a finding, not the starting assumption."""
+        return all(state.probed for state in self._states)
+
     def _record(self, state: _CheckState, ok: bool, detail: str) -> None:
         state.detail = detail
+        state.probed = True
         if ok:
             state.last_success = self._clock()
             if state.expiry is not None:

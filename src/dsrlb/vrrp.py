@@ -284,6 +284,7 @@ class VrrpRouter:
             "version": c.version,
             "advert_ms": c.advert_ms,
             "preempt": c.preempt,
+            "ready": self._ready(),
             "source": str(self.source),
             "master": str(self.master) if self.master else None,
             "addresses": [str(a) for a in self.addresses],

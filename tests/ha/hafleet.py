@@ -21,6 +21,7 @@ from pathlib import Path
 
 from labrun import BIN, REPO, LabRun
 
+from dsrlb.lab import load
 from dsrlb.lab.lab import Lab
 
 VIP = "172.16.1.10"
@@ -30,7 +31,6 @@ ADVERT_MS = 100
 VRID = 50  # for the pair this suite provisions itself; a pair from site.yml keeps its own
 BALANCERS = {"lb1": ("172.16.1.252", 200), "lb2": ("172.16.1.251", 100)}
 TARGETS = ("web1", "web2")
-PROBE = Path(__file__).with_name("probe.py")
 SEED = REPO / "tests/daemon/integration/seed.conf"  # the seed config, unchanged
 SEED_REAL = "real 172.16.1.252"
 DSRLB, KEEPALIVED = "dsrlb", "keepalived"
@@ -95,7 +95,7 @@ vrrp_instance ha {{
 class Window:
     """Client attempts during one measurement window."""
 
-    attempts: list[list]  # [start, end, ok, who]
+    attempts: list[list]  # [start, end, ok, who, source] (dsrlb.lab.load)
 
     @property
     def failed(self) -> int:
@@ -103,21 +103,17 @@ class Window:
 
     @property
     def gap(self) -> float:
-        """Longest interval between two successful replies, the window's edges counting as replies."""
-        if not self.attempts:
-            return float("inf")
-        points = [self.attempts[0][0], *sorted(a[1] for a in self.attempts if a[2]), self.attempts[-1][0]]
-        return max(b - a for a, b in zip(points, points[1:], strict=False))
+        return load.gap(self.attempts)
 
     def servers(self) -> set[str]:
         return {a[3] for a in self.attempts if a[2]}
 
 
 class Probe:
-    """The client probe (probe.py) running in the lab's client host for the duration of a `with`."""
+    """The client load (dsrlb.lab.load) running in the lab's client host for the duration of a `with`."""
 
     def __init__(self, lab: Lab) -> None:
-        self.argv = lab.net_argv("client", [sys.executable, str(PROBE), VIP])
+        self.argv = lab.net_argv("client", [sys.executable, "-m", "dsrlb.lab.load", VIP])
         self.window: Window | None = None
 
     def __enter__(self) -> Probe:
@@ -272,6 +268,8 @@ class Fleet:
             self.sh(host, f"systemctl enable -q --now {units}")
         self.kinds = wanted
         self.wait_master("lb1")
+        for host in (h for h, kind in wanted.items() if kind == DSRLB):  # a steady pair: both can serve
+            self.wait(f"{host} ready to take over", lambda h=host: (self.vrrp(h) or {}).get("ready", False))
         self.wait(
             "a reply from the VIP", lambda: self.sh("client", f"curl -s -m1 http://{VIP}/", check=False) != ""
         )

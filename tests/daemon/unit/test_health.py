@@ -203,9 +203,11 @@ def test_target_is_up_only_when_all_checks_are_up():
         first, second = await Http().start(), Http()
         port = free_port()
         watch = Watch([tcpopen(first.port), http(port)])
+        assert not watch.monitor.settled  # nothing checked yet: `up` is only the starting assumption
         with pytest.raises(TimeoutError):
             await watch.next(3 * INTERVAL)
         assert watch.monitor.up is False
+        assert watch.monitor.settled  # both checks have answered, one of them "no"
         assert watch.monitor.detail == f"http {port} /health: connection refused"  # the failing check
         await second.start(port)
         assert (await watch.next(INTERVAL + SLACK))[1] is True
