@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("host")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p = sub.add_parser(
+        "load",
+        parents=[common],
+        help="HTTP client load from a host: dsrlb lab load HOST VIP [--interval S] [--sources A,B] ...",
+        add_help=False,
+    )
+    p.add_argument("host")
+    p.add_argument("load_args", nargs=argparse.REMAINDER, help="arguments of python -m dsrlb.lab.load")
     return parser
 
 
@@ -83,6 +91,9 @@ def main(argv: list[str]) -> int:
             h = lab.reboot(args.host)
             _print_status([h], False, str(lab.state_dir))
             return 0
+        if args.command == "load":  # the host's network, this machine's Python: it runs from any checkout
+            argv = [sys.executable, "-m", "dsrlb.lab.load", *args.load_args]
+            return subprocess.run(lab.net_argv(args.host, argv)).returncode
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         if not cmd:
             print("dsrlb lab exec: missing command (dsrlb lab exec HOST -- CMD...)", file=sys.stderr)
