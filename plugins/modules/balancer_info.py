@@ -69,13 +69,15 @@ servers:
             packets: 10, bytes: 1200, sessions: 2}]
 targets:
   description:
-    - Targets with C(health) (C(up)/C(down)), C(admin) (C(enabled), C(disabled), C(draining), C(drained)),
+    - Targets with C(health) (C(up)/C(down)), C(last_ok) (seconds since all its health checks last
+      succeeded, null before that), C(admin) (C(enabled), C(disabled), C(draining), C(drained)),
       C(mac), C(weight), C(backup), C(sessions), C(connections), C(packets), C(bytes) and C(detail).
   returned: when gathered
   type: list
   elements: dict
-  sample: [{id: 1, ipaddr: 172.16.1.100, port: 80, mac: "02:00:00:00:00:01", health: up, admin: enabled,
-            weight: 1, backup: false, sessions: 1, connections: 1, packets: 5, bytes: 600, detail: ""}]
+  sample: [{id: 1, ipaddr: 172.16.1.100, port: 80, mac: "02:00:00:00:00:01", health: up, last_ok: 1.2,
+            admin: enabled, weight: 1, backup: false, sessions: 1, connections: 1, packets: 5, bytes: 600,
+            detail: ""}]
 sessions:
   description: Number of entries in the client-address session table.
   returned: when gathered

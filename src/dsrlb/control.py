@@ -115,6 +115,7 @@ COLUMNS = {
         "ipaddr",
         "mac",
         "health",
+        "last_ok",
         "admin",
         "weight",
         "sessions",

@@ -465,6 +465,7 @@ class Daemon:
         for tid, rt in sorted(self.runtime.items()):
             t = self.config.targets[tid]
             mac = self.mac_of(t)
+            last_ok = rt.monitor.since_success() if rt.monitor else None
             packets = sum(st.counters[tid][0] for st in self.states.values() if tid in st.counters)
             nbytes = sum(st.counters[tid][1] for st in self.states.values() if tid in st.counters)
             out.append(
@@ -474,6 +475,7 @@ class Daemon:
                     "port": t.port,
                     "mac": mac.hex(":") if mac else None,
                     "health": "up" if rt.up else "down",
+                    "last_ok": None if last_ok is None else round(last_ok, 1),
                     "admin": self.admin_view(tid),
                     "weight": t.weight,
                     "backup": t.backup,

@@ -217,6 +217,13 @@ class HealthMonitor:
         """Every check has answered at least once: `up` is a finding, not the starting assumption."""
         return all(state.probed for state in self._states)
 
+    def since_success(self) -> float | None:
+        """Seconds since every check last succeeded (the oldest of their last successes); None while
+        one has never succeeded. Lets a rollout wait for a check newer than its update."""
+        if not all(state.last_success is not None for state in self._states):
+            return None
+        return self._clock() - min((state.last_success for state in self._states), default=self._clock())
+
     def _record(self, state: _CheckState, ok: bool, detail: str) -> None:
         state.detail = detail
         state.probed = True

@@ -100,8 +100,10 @@ def test_monitor_follows_a_server_that_stops_and_restarts(make_check):
         server = await Http().start()
         watch = Watch([make_check(server.port)])
         assert watch.monitor.up is False  # targets start down
+        assert watch.monitor.since_success() is None
         _, up, _ = await watch.next(INTERVAL + SLACK)
         assert up and watch.monitor.up
+        assert 0 <= watch.monitor.since_success() < INTERVAL
 
         await server.stop()
         stopped = time.monotonic()
