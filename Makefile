@@ -42,7 +42,7 @@ lint-ansible: $(STAMP)
 
 test-fleet: $(STAMP)
 	$(PYTEST) tests/fleet
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --all
 
 test-ha: $(STAMP)
 	$(PYTEST) -s tests/ha

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import collections
 import json
-import subprocess
-import time
+from pathlib import Path
 
 import pytest
-from labrun import BIN, LabRun
+from labrun import LabRun
 
 pytestmark = pytest.mark.root
 
@@ -25,6 +24,10 @@ def served_by(fleet: LabRun, sources: range = range(10, 21), rounds: int = 2) ->
         f"curl -s -m 2 --interface 198.18.0.$i http://{VIP}/ || echo FAILED; done; done"
     )
     return collections.Counter(fleet.exec("client", "sh", "-c", script).stdout.split())
+
+
+def targets(fleet: LabRun, lb: str) -> list[dict]:
+    return json.loads(fleet.exec(lb, DSRLB, "show", "targets", "--json").stdout)
 
 
 def vrrp_state(fleet: LabRun, lb: str) -> str:
@@ -73,41 +76,23 @@ def test_verify_catches_a_target_that_answers_arp_for_the_vip(fleet: LabRun) -> 
     fleet.playbook("playbooks/verify.yml")
 
 
-def test_reboot_restores_vip_and_arp_sysctls_without_ansible(fleet: LabRun) -> None:
-    fleet.lab("reboot", "web1")
-    lo = json.loads(fleet.exec("web1", "ip", "-j", "-4", "addr", "show", "dev", "lo").stdout)[0]["addr_info"]
-    assert {(a["local"], a["prefixlen"], a.get("label")) for a in lo} >= {(VIP, 32, "lo:0")}
-    sysctl = fleet.exec(
-        "web1", "sysctl", "-n", "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce"
-    ).stdout.split()
-    assert sysctl == ["1", "2"]
-    deadline = time.monotonic() + 30
-    while "web1" not in (served := served_by(fleet)):
-        assert time.monotonic() < deadline, f"web1 does not serve the VIP after its reboot: {served}"
-        time.sleep(1)
-
-
-def test_rollout_drains_targets_without_failed_requests(fleet: LabRun) -> None:
-    loop = (
-        "i=0; while [ ! -e /run/dsrlb-stop ]; do i=$((i % 11 + 10)); "
-        f"curl -s -o /dev/null -w '%{{http_code}}\\n' -m 2 --interface 198.18.0.$i http://{VIP}/; "
-        "sleep 0.05; done"
+def test_a_failed_rollout_batch_stops_with_its_target_left_drained(fleet: LabRun) -> None:
+    """The first batch (web1) fails its update: the rollout stops there, web1 stays drained on both
+    balancers (nothing new reaches it), web2 is never touched and serves every client. Then web1 is
+    put back by hand."""
+    update = Path(__file__).with_name("update-fails-on-web1.yml")
+    proc = fleet.ansible_cli(
+        "ansible-playbook", ["playbooks/rollout.yml", "-e", f"dsrlb_rollout_update={update}"], {}
     )
-    fleet.exec("client", "rm", "-f", "/run/dsrlb-stop")
-    client = subprocess.Popen(
-        [str(BIN / "dsrlb"), "lab", "exec", "--state-dir", str(fleet.state_dir), "client", "--"]
-        + ["sh", "-c", loop],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        proc = fleet.ansible_cli("ansible-playbook", ["playbooks/rollout.yml"], {})
-    finally:
-        fleet.exec("client", "touch", "/run/dsrlb-stop")
-        codes = collections.Counter(client.communicate(timeout=30)[0].split())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "web1 -> lb1" in proc.stdout and "web2 -> lb1" in proc.stdout  # both were drained on the master
-    assert sum(codes.values()) > 50 and set(codes) == {"200"}, codes
-    # Both are back in service (clients whose sessions moved during a drain stay where they are).
-    targets = json.loads(fleet.exec("lb1", DSRLB, "show", "targets", "--json").stdout)
-    assert {(t["admin"], t["health"]) for t in targets} == {("enabled", "up")}
+    assert proc.returncode != 0, proc.stdout
+    assert "the update of web1 failed" in proc.stdout
+    recap = proc.stdout.split("PLAY RECAP")[-1]
+    assert "web1" in recap and "web2" not in recap, recap  # the second batch never started
+    for lb in ("lb1", "lb2"):
+        admin = {t["ipaddr"]: t["admin"] for t in targets(fleet, lb)}
+        assert admin["172.16.1.100"] in ("draining", "drained"), (lb, admin)
+        assert admin["172.16.1.101"] == "enabled", (lb, admin)
+    assert set(served_by(fleet)) == {"web2"}  # every client, also web1's earlier ones, goes to web2
+    for lb in ("lb1", "lb2"):
+        fleet.exec(lb, DSRLB, "target", "enable", "1")
+    assert {(t["admin"], t["health"]) for t in targets(fleet, "lb1")} == {("enabled", "up")}

@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "exec", parents=[common], help="run a command inside a host: dsrlb lab exec HOST -- CMD..."
     )
+    p.add_argument(
+        "--net",
+        action="store_true",
+        help="enter only the host's network namespace (this machine's files, e.g. a checkout's venv)",
+    )
     p.add_argument("host")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p = sub.add_parser(
@@ -98,7 +103,8 @@ def main(argv: list[str]) -> int:
         if not cmd:
             print("dsrlb lab exec: missing command (dsrlb lab exec HOST -- CMD...)", file=sys.stderr)
             return 2
-        return subprocess.run(lab.exec_argv(args.host, cmd)).returncode
+        argv = lab.net_argv(args.host, cmd) if args.net else lab.exec_argv(args.host, cmd)
+        return subprocess.run(argv).returncode
     except (LabError, TopologyError, HostError, NetError, CgroupError) as err:
         print(f"dsrlb lab: {err}", file=sys.stderr)
         return 1

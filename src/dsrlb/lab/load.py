@@ -110,9 +110,12 @@ def main() -> None:
     parser.add_argument("--sources", default="", help="comma-separated source addresses to cycle through")
     parser.add_argument("--stop-file", default="", help="stop when this file exists (stdin is ignored)")
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--summary-only", action="store_true", help="leave the attempts out of the report")
     args = parser.parse_args()
     attempts = asyncio.run(run(args))
-    report = {"attempts": attempts, "timeout": args.timeout, "summary": summary(attempts)}
+    report = {"timeout": args.timeout, "summary": summary(attempts)}
+    if not args.summary_only:
+        report["attempts"] = attempts
     print(json.dumps(report), flush=True)
 
 
