@@ -5,17 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
+SCENARIOS := default target balancer failover rollout
 
 .PHONY: test demo deps venv lint lint-ansible test-unit test-integration test-lab test-collection test-fleet \
-	test-ha bench lab-up lab-down clean
+	test-ha test-deploy test-molecule bench lab-up lab-down clean
 
 deps:
 	@bash scripts/install-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/awx-collection
 	@bash scripts/install-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python scripts/awx-collection
 	@touch $@
 
 venv: $(STAMP)
@@ -42,12 +44,22 @@ lint-ansible: $(STAMP)
 
 test-fleet: $(STAMP)
 	$(PYTEST) tests/fleet
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --all
+	$(MAKE) --no-print-directory test-molecule
+
+# Every scenario from a clean lab (each one destroys it first and after, also on failure), timed.
+test-molecule: $(STAMP)
+	@for s in $(SCENARIOS); do start=$$(date +%s); \
+	  PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test -s $$s || exit 1; \
+	  echo "molecule scenario $$s: passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 test-ha: $(STAMP)
 	$(PYTEST) -s tests/ha
 
-test: lint lint-ansible test-unit test-integration test-lab test-collection test-fleet test-ha
+test-deploy: $(STAMP)
+	$(PYTEST) tests/deploy
+
+test: lint lint-ansible test-unit test-integration test-lab test-collection test-fleet test-ha test-deploy
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo

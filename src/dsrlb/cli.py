@@ -40,6 +40,12 @@ def _client(args: argparse.Namespace) -> int:
     return control.cli(args)
 
 
+def _resign(args: argparse.Namespace) -> int:
+    from dsrlb import resign
+
+    return resign.main(args.socket or DEFAULT_CONTROL)
+
+
 def _lab(argv: list[str]) -> int:
     from dsrlb.lab.cli import main as lab_main
 
@@ -52,8 +58,14 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def _deploy(argv: list[str]) -> int:
+    from dsrlb.deploy import main as deploy_main
+
+    return deploy_main(argv)
+
+
 # Subcommands with their own argument parsers: everything after the name is theirs.
-DELEGATED = {"lab": _lab, "bench": _bench}
+DELEGATED = {"lab": _lab, "bench": _bench, "deploy": _deploy}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_client, what="reload")
 
+    p = sub.add_parser(
+        "resign", help="after a daemon died as VRRP master: send its priority-0 advert (systemd ExecStopPost)"
+    )
+    p.set_defaults(func=_resign)
+
     sub.add_parser("lab", help="the embedded lab fleet: dsrlb lab --help")
     sub.add_parser("bench", help="forwarding benchmark against the kernel, side by side: dsrlb bench --help")
+    sub.add_parser(
+        "deploy", help="run site.yml, the rollout or verify through ansible-runner: dsrlb deploy --help"
+    )
     return parser
 
 
