@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from dsrlb import control, metrics, systemd
+from dsrlb import control, metrics, resign, systemd
 from dsrlb.config.model import Config, Interface, Network, Target
 from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
@@ -157,10 +157,14 @@ class Daemon:
         self.arp_sock.close()
         return 0
 
+    @property
+    def control_path(self) -> str:
+        assert self.config is not None
+        return self.control_override or self.config.settings.control
+
     async def _start_servers(self) -> list[asyncio.AbstractServer]:
         assert self.config is not None
-        path = self.control_override or self.config.settings.control
-        servers = [await control.serve(self, path)]
+        servers = [await control.serve(self, self.control_path)]
         if self.config.settings.metrics != "off":
             host, _, port = self.config.settings.metrics.rpartition(":")
             servers.append(await metrics.serve(self, host, int(port)))
@@ -353,6 +357,7 @@ class Daemon:
             source,
         ):
             router.config, router.priority, router.addresses = wanted, wanted.priority, tuple(addresses)
+            self._keep_resignation()
             return
         if router is not None:
             router.shutdown()
@@ -386,6 +391,19 @@ class Daemon:
             self.forwarding = True
             asyncio.get_running_loop().call_later(self._grace(), self._end_grace)
         self.rebuild()
+        self._keep_resignation()
+
+    def _keep_resignation(self) -> None:
+        """While master, leave the priority-0 advert for `dsrlb resign` should this process die
+        without a clean stop (see resign.py); otherwise make sure none is left."""
+        path = resign.path_for(self.control_path)
+        try:
+            if self.vrrp is not None and self.vrrp.state == MASTER:
+                resign.arm(path, self.interface.name, self.vrrp.advert(priority=0))
+            else:
+                resign.disarm(path)
+        except OSError as err:
+            log.warning("cannot keep the VRRP resignation in %s: %s", path.parent, err)
 
     def _grace(self) -> float:
         assert self.vrrp is not None

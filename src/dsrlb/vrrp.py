@@ -259,11 +259,14 @@ class VrrpRouter:
         self._send_advert()
         self._arm(self.advert_interval, self._advertise)
 
-    def _send_advert(self) -> None:
+    def advert(self, priority: int | None = None) -> bytes:
+        """Our advert frame, at our priority or the one given (0: resigning)."""
         c = self.config
-        self._send(
-            build(c.version, c.vrid, self.priority, c.advert_ms, self.source, self.addresses, self.mac)
-        )
+        prio = self.priority if priority is None else priority
+        return build(c.version, c.vrid, prio, c.advert_ms, self.source, self.addresses, self.mac)
+
+    def _send_advert(self) -> None:
+        self._send(self.advert())
         self.counters.sent += 1
 
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:

@@ -44,6 +44,7 @@ After=network-online.target
 [Service]
 Type=notify
 ExecStart={BIN}/dsrlb run -c /etc/dsrlb/dsrlb.conf
+ExecStopPost={BIN}/dsrlb resign
 Restart=on-failure
 RestartSec=1
 
