@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class Daemon:
         self.forwarding = True  # forward to targets: as answering, and while handing over on stop
         self.vrrp: VrrpRouter | None = None
         self._handing_over = False
+        self._sentinel: subprocess.Popen | None = None  # resigns for us should we be killed as master
         self.ring_drops = 0
         self.usable: dict[int, int] = {}  # server id -> targets that may take new clients
         self.stopping: asyncio.Event | None = None
@@ -400,6 +402,8 @@ class Daemon:
         try:
             if self.vrrp is not None and self.vrrp.state == MASTER:
                 resign.arm(path, self.interface.name, self.vrrp.advert(priority=0))
+                if self._sentinel is None or self._sentinel.poll() is not None:
+                    self._sentinel = resign.start_sentinel(path)
             else:
                 resign.disarm(path)
         except OSError as err:

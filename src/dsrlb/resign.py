@@ -2,16 +2,22 @@
 
 A master that stops cleanly announces priority 0, so its backup takes over after the skew time
 instead of three advert intervals. A daemon that is killed cannot. So while it is master, the daemon
-keeps its priority-0 advert ready in a file next to its control socket; `dsrlb resign`, which systemd
-runs after the service has stopped for any reason (ExecStopPost), sends it if it is still there. A
-clean stop, or leaving the master state, removes the file, so nothing is sent twice or by a backup.
+keeps its priority-0 advert ready in a file next to its control socket, and two others send it if it
+is still there once the daemon is gone: a sentinel process the daemon starts (`watch`: it wakes the
+moment the daemon dies) and, should that one be gone too, `dsrlb resign`, which systemd runs after the
+service has stopped for any reason (ExecStopPost). A clean stop, or leaving the master state, removes
+the file, so a backup never resigns and a second sender finds nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import select
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -52,11 +58,44 @@ def send(path: Path) -> str:
     return f"resigned as VRRP master on {interface} (priority 0 advert sent)"
 
 
-def main(control_socket: str) -> int:
-    """`dsrlb resign`: never fails the unit's stop; says what it did."""
+def start_sentinel(path: Path) -> subprocess.Popen:
+    """A process that resigns for this one the moment it dies (started once, when first master)."""
+    argv = [sys.executable, "-m", "dsrlb.resign", "--watch", str(os.getpid()), str(path)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+
+def watch(pid: int, path: Path) -> None:
+    """Wait for process `pid` to end, then send what it left behind. Stop signals are ignored: when the
+    daemon dies, systemd stops the rest of its service and that must not beat the resignation."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     try:
-        print(f"dsrlb resign: {send(path_for(control_socket))}", file=sys.stderr)
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = None  # already gone
+    if pidfd is not None:
+        select.select([pidfd], [], [])  # readable once the process has exited
+        os.close(pidfd)
+    report(path)
+
+
+def report(path: Path) -> int:
+    try:
+        print(f"dsrlb resign: {send(path)}", file=sys.stderr)
     except OSError as err:
         print(f"dsrlb resign: cannot send: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(control_socket: str) -> int:
+    """`dsrlb resign`: says what it did; a failure to send is the only failure."""
+    return report(path_for(control_socket))
+
+
+if __name__ == "__main__":  # the sentinel: python -m dsrlb.resign --watch PID FILE
+    parser = argparse.ArgumentParser(prog="python -m dsrlb.resign")
+    parser.add_argument("--watch", type=int, required=True, metavar="PID")
+    parser.add_argument("file", type=Path)
+    args = parser.parse_args()
+    watch(args.watch, args.file)

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,25 +29,73 @@ def test_arm_and_disarm_leave_one_file_or_none(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def sent_on_lo(sniff: socket.socket, within: float) -> list[float]:
+    """When our test frame left on lo (each frame shows twice there: outgoing and incoming)."""
+    seen = []
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sniff.settimeout(left)
+        try:
+            frame, (_, _, pkttype, _, _) = sniff.recvfrom(2048)
+        except TimeoutError:
+            break
+        if frame == FRAME and pkttype == socket.PACKET_OUTGOING:
+            seen.append(time.monotonic())
+    return seen
+
+
+def lo_sniffer() -> socket.socket:
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sniff.bind(("lo", 0))
+    return sniff
+
+
 @needs_root
 def test_resign_sends_the_advert_left_behind_and_removes_it(tmp_path: Path) -> None:
     control = str(tmp_path / "control.sock")
     resign.arm(resign.path_for(control), "lo", FRAME)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as sniff:
-        sniff.bind(("lo", 0))
-        sniff.settimeout(0.2)
-        run = [sys.executable, "-m", "dsrlb.cli", "-s", control, "resign"]
+    run = [sys.executable, "-m", "dsrlb.cli", "-s", control, "resign"]
+    with lo_sniffer() as sniff:
         first = subprocess.run(run, capture_output=True, text=True)
-        seen = []
-        try:
-            while True:
-                frame, (_, _, pkttype, _, _) = sniff.recvfrom(2048)
-                if frame == FRAME and pkttype == socket.PACKET_OUTGOING:  # lo shows each frame twice
-                    seen.append(frame)
-        except TimeoutError:
-            pass
-        again = subprocess.run(run, capture_output=True, text=True)
+        seen = sent_on_lo(sniff, 0.3)
+    again = subprocess.run(run, capture_output=True, text=True)
     assert first.returncode == 0 and "resigned as VRRP master on lo" in first.stderr
     assert len(seen) == resign.REPEAT
     assert not resign.path_for(control).exists()
     assert again.returncode == 0 and "nothing to resign" in again.stderr
+
+
+@needs_root
+def test_sentinel_resigns_the_moment_its_daemon_is_killed(tmp_path: Path) -> None:
+    path = resign.path_for(str(tmp_path / "control.sock"))
+    daemon = subprocess.Popen(["sleep", "30"])
+    sentinel = subprocess.Popen(
+        [sys.executable, "-m", "dsrlb.resign", "--watch", str(daemon.pid), str(path)], stderr=subprocess.PIPE
+    )
+    resign.arm(path, "lo", FRAME)
+    time.sleep(0.5)  # the sentinel is waiting
+    sentinel.send_signal(signal.SIGTERM)  # what systemd sends the rest of a service: ignored
+    with lo_sniffer() as sniff:
+        killed = time.monotonic()
+        daemon.kill()
+        seen = sent_on_lo(sniff, 1.0)
+    daemon.wait()
+    _, err = sentinel.communicate(timeout=5)
+    assert len(seen) == resign.REPEAT, err
+    assert seen[0] - killed < 0.1  # it was waiting, not starting
+    assert sentinel.returncode == 0 and b"resigned" in err and not path.exists()
+
+
+@needs_root
+def test_sentinel_of_a_cleanly_stopped_daemon_sends_nothing(tmp_path: Path) -> None:
+    path = resign.path_for(str(tmp_path / "control.sock"))
+    daemon = subprocess.Popen(["sleep", "30"])
+    sentinel = subprocess.Popen(
+        [sys.executable, "-m", "dsrlb.resign", "--watch", str(daemon.pid), str(path)], stderr=subprocess.PIPE
+    )
+    with lo_sniffer() as sniff:
+        daemon.terminate()
+        seen = sent_on_lo(sniff, 0.5)
+    daemon.wait()
+    _, err = sentinel.communicate(timeout=5)
+    assert seen == [] and b"nothing to resign" in err
