@@ -3,7 +3,6 @@ lab web service on the targets, and always `lab down --purge` at the end, also w
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,17 +10,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-from labrun import LabRun, new_state_dir  # noqa: E402
+from labrun import LabRun, private_lab  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabRun]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    run = LabRun(new_state_dir("deploy"))
-    try:
-        run.lab("up")
+    with private_lab("deploy") as run:
         run.playbook("playbooks/lab-web.yml")
         yield run
-    finally:
-        run.lab("down", "--purge", check=False)

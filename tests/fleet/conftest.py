@@ -3,7 +3,6 @@ web service and site.yml applied, and always `lab down --purge` at the end, also
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +10,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
-from labrun import LabRun, new_state_dir  # noqa: E402
+from labrun import LabRun, private_lab  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[LabRun]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    run = LabRun(new_state_dir("fleet"))
-    try:
-        run.lab("up")
+    with private_lab("fleet") as run:
         run.playbook("playbooks/lab-web.yml")
         run.playbook("site.yml")
         yield run
-    finally:
-        run.lab("down", "--purge", check=False)

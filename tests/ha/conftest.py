@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))  # labrun: the lab CLI driver
 
 from hafleet import Fleet  # noqa: E402
-from labrun import LabRun, new_state_dir  # noqa: E402
+from labrun import private_lab  # noqa: E402
 from report import Report  # noqa: E402
 
 REPORT = Path(os.environ.get("DSRLB_HA_REPORT", "/tmp/dsrlb-ha-report.txt"))
@@ -21,16 +21,10 @@ REPORT = Path(os.environ.get("DSRLB_HA_REPORT", "/tmp/dsrlb-ha-report.txt"))
 
 @pytest.fixture(scope="session")
 def fleet() -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    run = LabRun(new_state_dir("ha"))
-    try:
-        run.lab("up")
+    with private_lab("ha") as run:
         fleet = Fleet(run)
         fleet.provision()
         yield fleet
-    finally:
-        run.lab("down", "--purge", check=False)
 
 
 @pytest.fixture(scope="session")

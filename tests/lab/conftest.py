@@ -3,20 +3,13 @@ always brought down (and its disks deleted) at the end, also when tests fail."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
-from labrun import LabRun, new_state_dir
+from labrun import LabRun, private_lab
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LabRun]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    run = LabRun(new_state_dir("test"))
-    try:
-        run.lab("up")
+    with private_lab("test") as run:
         yield run
-    finally:
-        run.lab("down", "--purge", check=False)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -69,3 +73,17 @@ class LabRun:
 
 def new_state_dir(tag: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"dsrlab-{tag}-", dir="/tmp"))
+
+
+@contextlib.contextmanager
+def private_lab(tag: str) -> Iterator[LabRun]:
+    """A booted lab in a state directory unique to the run, always brought down with its disks deleted,
+    also when tests fail; skips the tests that need it when not root."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    run = LabRun(new_state_dir(tag))
+    try:
+        run.lab("up")
+        yield run
+    finally:
+        run.lab("down", "--purge", check=False)

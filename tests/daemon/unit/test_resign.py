@@ -65,13 +65,17 @@ def test_resign_sends_the_advert_left_behind_and_removes_it(tmp_path: Path) -> N
     assert again.returncode == 0 and "nothing to resign" in again.stderr
 
 
+def watching(daemon: subprocess.Popen, path: Path) -> subprocess.Popen:
+    """The sentinel as the daemon starts it, for another process."""
+    argv = [sys.executable, "-m", "dsrlb.resign", "--watch", str(daemon.pid), str(path)]
+    return subprocess.Popen(argv, stderr=subprocess.PIPE)
+
+
 @needs_root
 def test_sentinel_resigns_the_moment_its_daemon_is_killed(tmp_path: Path) -> None:
     path = resign.path_for(str(tmp_path / "control.sock"))
     daemon = subprocess.Popen(["sleep", "30"])
-    sentinel = subprocess.Popen(
-        [sys.executable, "-m", "dsrlb.resign", "--watch", str(daemon.pid), str(path)], stderr=subprocess.PIPE
-    )
+    sentinel = watching(daemon, path)
     resign.arm(path, "lo", FRAME)
     time.sleep(0.5)  # the sentinel is waiting
     sentinel.send_signal(signal.SIGTERM)  # what systemd sends the rest of a service: ignored
@@ -90,9 +94,7 @@ def test_sentinel_resigns_the_moment_its_daemon_is_killed(tmp_path: Path) -> Non
 def test_sentinel_of_a_cleanly_stopped_daemon_sends_nothing(tmp_path: Path) -> None:
     path = resign.path_for(str(tmp_path / "control.sock"))
     daemon = subprocess.Popen(["sleep", "30"])
-    sentinel = subprocess.Popen(
-        [sys.executable, "-m", "dsrlb.resign", "--watch", str(daemon.pid), str(path)], stderr=subprocess.PIPE
-    )
+    sentinel = watching(daemon, path)
     with lo_sniffer() as sniff:
         daemon.terminate()
         seen = sent_on_lo(sniff, 0.5)
