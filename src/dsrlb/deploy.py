@@ -26,12 +26,14 @@ COLUMNS = (
 )
 RESULTS = {"runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable"}
 BAR = 20
+# ansible-playbook's own status for "bad or incomplete options": 2 stays "a host failed".
+BAD_INPUT = 5
 # The checkout this module runs from, when it is installed from one (editable install).
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 class DeployError(Exception):
-    """Bad input or a missing piece: printed as one line, exit status 2."""
+    """Bad input or a missing piece: printed as one line, exit status BAD_INPUT."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsrlb deploy",
         description="Run site.yml, playbooks/rollout.yml or playbooks/verify.yml through ansible-runner: "
         "live progress, a per-host summary, the artifacts kept, ansible's exit status.",
+        epilog="Exit status: ansible-playbook's (0 ok, 2 a host failed, 4 a host unreachable, ...); "
+        "5 for bad input to dsrlb deploy itself, as ansible-playbook for bad options.",
     )
     parser.add_argument(
         "playbook", choices=list(PLAYBOOKS), help="site.yml, playbooks/rollout.yml or playbooks/verify.yml"
@@ -321,4 +325,4 @@ def main(argv: list[str]) -> int:
         return run(build_parser().parse_args(argv))
     except DeployError as err:
         print(f"dsrlb deploy: {err}", file=sys.stderr)
-        return 2
+        return BAD_INPUT

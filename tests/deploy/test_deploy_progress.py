@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from deployrun import REPO, deploy, parse_summary
 
-from dsrlb.deploy import Progress, summary_table
+from dsrlb.deploy import BAD_INPUT, Progress, summary_table
 
 EVENTS = Path(__file__).parent / "events"
 
@@ -120,7 +120,7 @@ def test_ansible_errors_outside_tasks_are_shown_warnings_are_not() -> None:
 )
 def test_bad_input_is_one_line(args: list[str], message: str) -> None:
     proc = deploy(None, *args)
-    assert proc.returncode == 2
+    assert proc.returncode == BAD_INPUT
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"dsrlb deploy: {message}"), proc.stderr
 
@@ -131,5 +131,5 @@ def test_without_ansible_runner_says_which_extra_to_install() -> None:
         "from dsrlb.cli import main; sys.exit(main(['deploy', 'site', '-i', 'inventory/lab']))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == BAD_INPUT
     assert proc.stderr == "dsrlb deploy: ansible-runner is not installed: pip install 'dsrlb[deploy]'\n"
