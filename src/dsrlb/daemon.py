@@ -91,7 +91,6 @@ class Daemon:
         self._handing_over = False
         self._sentinel: subprocess.Popen | None = None  # resigns for us should we be killed as master
         self.ring_drops = 0
-        self.usable: dict[int, int] = {}  # server id -> targets that may take new clients
         self.stopping: asyncio.Event | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -280,7 +279,6 @@ class Daemon:
             key = (server.method, tuple(candidates))
             selector = selectors.get(key) or self._selectors.get(key) or Selector(server.method, candidates)
             selectors[key] = selector
-            self.usable[server.id] = len(active)
             if not self.forwarding:
                 continue  # a VRRP backup stays silent
             state = self.states.setdefault(server.id, ServiceState())
