@@ -7,16 +7,17 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 SCENARIOS := default target balancer failover rollout
 
-.PHONY: test demo deps venv lint lint-ansible test-unit test-integration test-lab test-collection test-fleet \
+.PHONY: check test demo deps venv lint test-contract test-collection-unit lint-ansible test-unit test-integration test-lab test-collection test-fleet \
 	test-ha test-deploy test-molecule bench lab-up lab-down clean
 
 deps:
 	@bash scripts/install-deps
 
-$(STAMP): pyproject.toml scripts/awx-collection
+# dsrlb (src/, what runs on a balancer) and dsrlb-tools (tools/: lab, bench, deploy), both editable.
+$(STAMP): pyproject.toml tools/pyproject.toml scripts/awx-collection
 	@bash scripts/install-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e ./tools -e '.[dev]'
 	$(BIN)/python scripts/awx-collection
 	@touch $@
 
@@ -28,6 +29,17 @@ lint: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PYTEST) tests/daemon/unit
+
+# The collection's unit tests as plain pytest (ansible-test units runs them again in test-collection).
+test-collection-unit: $(STAMP)
+	PYTHONPATH=collections $(PYTEST) tests/unit
+
+# What the daemon and the collection must agree on: config writers, vocabulary.
+test-contract: $(STAMP)
+	PYTHONPATH=collections $(PYTEST) tests/contract
+
+# The fast lane: no root, no namespaces, under 2 minutes; `make test` runs it first.
+check: lint test-unit test-collection-unit test-contract
 
 test-integration: $(STAMP)
 	$(PYTEST) tests/daemon/integration
@@ -59,7 +71,7 @@ test-ha: $(STAMP)
 test-deploy: $(STAMP)
 	$(PYTEST) tests/deploy
 
-test: lint lint-ansible test-unit test-integration test-lab test-collection test-fleet test-ha test-deploy
+test: check lint-ansible test-integration test-lab test-collection test-fleet test-ha test-deploy
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo
@@ -74,4 +86,4 @@ bench: $(STAMP)
 	$(BIN)/dsrlb bench
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info tools/build tools/src/*.egg-info

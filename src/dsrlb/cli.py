@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 
 from dsrlb.config.model import DEFAULT_CONTROL
 
@@ -46,26 +48,30 @@ def _resign(args: argparse.Namespace) -> int:
     return resign.main(args.socket or DEFAULT_CONTROL)
 
 
-def _lab(argv: list[str]) -> int:
-    from dsrlb.lab.cli import main as lab_main
-
-    return lab_main(argv)
+TOOLS_HINT = "pip install ./tools from a dsrlb checkout (the dsrlb-tools package)"
 
 
-def _bench(argv: list[str]) -> int:
-    from dsrlb.bench import main as bench_main
+def _tool(module: str, verb: str) -> Callable[[list[str]], int]:
+    """A subcommand that lives in dsrlb-tools, which balancers do not install: say how to get it."""
 
-    return bench_main(argv)
+    def run(argv: list[str]) -> int:
+        try:
+            main = importlib.import_module(module).main
+        except ModuleNotFoundError as err:
+            if not (err.name or "").startswith("dsrlb_tools"):
+                raise
+            print(f"dsrlb {verb}: not installed here: {TOOLS_HINT}", file=sys.stderr)
+            return 1
+        return main(argv)
 
-
-def _deploy(argv: list[str]) -> int:
-    from dsrlb.deploy import main as deploy_main
-
-    return deploy_main(argv)
+    return run
 
 
 # Subcommands with their own argument parsers: everything after the name is theirs.
-DELEGATED = {"lab": _lab, "bench": _bench, "deploy": _deploy}
+DELEGATED = {
+    verb: _tool(f"dsrlb_tools.{module}", verb)
+    for verb, module in (("lab", "lab.cli"), ("bench", "bench"), ("deploy", "deploy"))
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / ".venv" / "bin" / "ansible"
 DSRLB = ROOT / ".venv" / "bin" / "dsrlb"
-SEED = ROOT / "tests" / "daemon" / "integration" / "seed.conf"  # the seed config, byte for byte
+SEED = ROOT / "examples" / "dsr-example.conf"  # the seed config, byte for byte
 PREFIX = "dsrlbct-"
 _counter = itertools.count()
 

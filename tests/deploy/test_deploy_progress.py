@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from deployrun import REPO, deploy, parse_summary
 
-from dsrlb.deploy import BAD_INPUT, Progress, summary_table
+from dsrlb_tools.deploy import BAD_INPUT, Progress, summary_table
 
 EVENTS = Path(__file__).parent / "events"
 
@@ -132,4 +132,4 @@ def test_without_ansible_runner_says_which_extra_to_install() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == BAD_INPUT
-    assert proc.stderr == "dsrlb deploy: ansible-runner is not installed: pip install 'dsrlb[deploy]'\n"
+    assert proc.stderr == "dsrlb deploy: ansible-runner is not installed: pip install './tools[deploy]'\n"

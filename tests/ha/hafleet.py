@@ -21,8 +21,8 @@ from pathlib import Path
 
 from labrun import BIN, REPO, LabRun
 
-from dsrlb.lab import load
-from dsrlb.lab.lab import Lab
+from dsrlb_tools.lab import load
+from dsrlb_tools.lab.lab import Lab
 
 VIP = "172.16.1.10"
 VIRT = "172.16.1.253"
@@ -31,7 +31,7 @@ ADVERT_MS = 100
 VRID = 50  # for the pair this suite provisions itself; a pair from site.yml keeps its own
 BALANCERS = {"lb1": ("172.16.1.252", 200), "lb2": ("172.16.1.251", 100)}
 TARGETS = ("web1", "web2")
-SEED = REPO / "tests/daemon/integration/seed.conf"  # the seed config, unchanged
+SEED = REPO / "examples/dsr-example.conf"  # the seed config, unchanged
 SEED_REAL = "real 172.16.1.252"
 DSRLB, KEEPALIVED = "dsrlb", "keepalived"
 SETTLE = 0.7  # seconds of probing after a change has completed
@@ -96,7 +96,7 @@ vrrp_instance ha {{
 class Window:
     """Client attempts during one measurement window."""
 
-    attempts: list[list]  # [start, end, ok, who, source] (dsrlb.lab.load)
+    attempts: list[list]  # [start, end, ok, who, source] (dsrlb_tools.lab.load)
 
     @property
     def failed(self) -> int:
@@ -111,10 +111,10 @@ class Window:
 
 
 class Probe:
-    """The client load (dsrlb.lab.load) running in the lab's client host for the duration of a `with`."""
+    """The client load (dsrlb_tools.lab.load) running in the lab's client host while in a `with`."""
 
     def __init__(self, lab: Lab) -> None:
-        self.argv = lab.net_argv("client", [sys.executable, "-m", "dsrlb.lab.load", VIP])
+        self.argv = lab.net_argv("client", [sys.executable, "-m", "dsrlb_tools.lab.load", VIP])
         self.window: Window | None = None
 
     def __enter__(self) -> Probe:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from labrun import BIN, LabRun, new_state_dir
 
-from dsrlb.lab.lab import Lab
+from dsrlb_tools.lab.lab import Lab
 
 pytestmark = pytest.mark.root
 

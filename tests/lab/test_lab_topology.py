@@ -10,7 +10,7 @@ import pytest
 import yaml
 from labrun import BIN
 
-from dsrlb.lab import topology
+from dsrlb_tools.lab import topology
 
 
 def test_default_topology_mirrors_the_seed_network() -> None:

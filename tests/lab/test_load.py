@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from dsrlb.lab import load
+from dsrlb_tools.lab import load
 
 
 class Named(http.server.BaseHTTPRequestHandler):
@@ -29,7 +29,14 @@ def test_load_counts_replies_and_stops_at_the_stop_file(tmp_path: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Named)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = tmp_path / "stop"
-    argv = [sys.executable, "-m", "dsrlb.lab.load", "127.0.0.1", "--port", str(server.server_address[1])]
+    argv = [
+        sys.executable,
+        "-m",
+        "dsrlb_tools.lab.load",
+        "127.0.0.1",
+        "--port",
+        str(server.server_address[1]),
+    ]
     proc = subprocess.Popen(
         [*argv, "--interval", "0.02", "--sources", "127.0.0.2,127.0.0.3", "--stop-file", str(stop)],
         stdout=subprocess.PIPE,

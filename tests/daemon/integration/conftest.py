@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from dsr_lab import PREFIX, Lab
 
-from dsrlb.netns import Topology
+from dsrlb_tools.netns import Topology
 
 
 @pytest.fixture(scope="session")

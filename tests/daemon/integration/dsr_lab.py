@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dsrlb.netns import Topology
+from dsrlb_tools.netns import Topology
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -67,10 +67,7 @@ Server(("0.0.0.0", 80), Handler).serve_forever()
 """
 
 
-def seed_config() -> Path:
-    """The shared seed config, or the identical copy checked in next to the tests."""
-    shared = REPO.parent / "shared" / "seed" / "dsr-example.conf"
-    return shared if shared.is_file() else HERE / "seed.conf"
+SEED = REPO / "examples" / "dsr-example.conf"  # the seed config, unchanged
 
 
 class Lab:
@@ -116,7 +113,7 @@ class Lab:
         self.topo.stop(self.webs.pop(name))
 
     def start_daemon(self) -> None:
-        shutil.copyfile(seed_config(), self.conf)
+        shutil.copyfile(SEED, self.conf)
         with self.log.open("w") as log:
             self.daemon = self.topo.popen(
                 "balancer",

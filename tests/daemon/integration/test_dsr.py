@@ -11,7 +11,7 @@ import time
 import pytest
 from dsr_lab import CLIENT_SOURCES, VIP, Lab
 
-from dsrlb.netns import snmp_counters
+from dsrlb_tools.netns import snmp_counters
 
 pytestmark = [
     pytest.mark.root,

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 
-from dsrlb.lab.cgroup import CgroupError
-from dsrlb.lab.host import HostError
-from dsrlb.lab.lab import DEFAULT_STATE_DIR, STATE_ENV, HostStatus, Lab, LabError
-from dsrlb.lab.net import NetError
-from dsrlb.lab.topology import TopologyError
+from dsrlb_tools.lab.cgroup import CgroupError
+from dsrlb_tools.lab.host import HostError
+from dsrlb_tools.lab.lab import DEFAULT_STATE_DIR, STATE_ENV, HostStatus, Lab, LabError
+from dsrlb_tools.lab.net import NetError
+from dsrlb_tools.lab.topology import TopologyError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     p.add_argument("host")
-    p.add_argument("load_args", nargs=argparse.REMAINDER, help="arguments of python -m dsrlb.lab.load")
+    p.add_argument("load_args", nargs=argparse.REMAINDER, help="arguments of python -m dsrlb_tools.lab.load")
     return parser
 
 
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
             _print_status([h], False, str(lab.state_dir))
             return 0
         if args.command == "load":  # the host's network, this machine's Python: it runs from any checkout
-            argv = [sys.executable, "-m", "dsrlb.lab.load", *args.load_args]
+            argv = [sys.executable, "-m", "dsrlb_tools.lab.load", *args.load_args]
             return subprocess.run(lab.net_argv(args.host, argv)).returncode
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         if not cmd:

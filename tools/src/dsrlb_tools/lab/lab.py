@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsrlb.lab import cgroup, host, net, rootfs, topology
-from dsrlb.lab.topology import Topology
+from dsrlb_tools.lab import cgroup, host, net, rootfs, topology
+from dsrlb_tools.lab.topology import Topology
 
 DEFAULT_STATE_DIR = "/var/lib/dsrlb-lab"
 STATE_ENV = "DSRLB_LAB_STATE_DIR"

@@ -60,7 +60,7 @@ class Topology:
 
 def default_path() -> Path:
     """The topology shipped with the package (mirrors the seed network)."""
-    return Path(str(resources.files("dsrlb.lab").joinpath("default.yml")))
+    return Path(str(resources.files("dsrlb_tools.lab").joinpath("default.yml")))
 
 
 def load(path: str | Path | None = None) -> Topology:

@@ -29,7 +29,7 @@ BAR = 20
 # ansible-playbook's own status for "bad or incomplete options": 2 stays "a host failed".
 BAD_INPUT = 5
 # The checkout this module runs from, when it is installed from one (editable install).
-CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[3]  # tools/src/dsrlb_tools/deploy.py
 
 
 class DeployError(Exception):
@@ -259,7 +259,7 @@ def _ansible_runner() -> Any:
     try:
         import ansible_runner
     except ImportError:
-        raise DeployError("ansible-runner is not installed: pip install 'dsrlb[deploy]'") from None
+        raise DeployError("ansible-runner is not installed: pip install './tools[deploy]'") from None
     return ansible_runner
 
 

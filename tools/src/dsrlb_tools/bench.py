@@ -32,7 +32,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from dsrlb.netns import SWITCH, Topology, net_dev_counters, snmp_counters
+from dsrlb_tools.netns import SWITCH, Topology, net_dev_counters, snmp_counters
 
 PREFIX = "dsrlb-bench"
 VIP = "172.16.1.10"
@@ -244,7 +244,7 @@ def _measure(
         *_taskset(GEN_CPU),
         sys.executable,
         "-m",
-        "dsrlb.bench",
+        "dsrlb_tools.bench",
         "--generate",
         "eth0",
         balancer_mac,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 
-from dsrlb.lab.topology import Host
+from dsrlb_tools.lab.topology import Host
 
 
 class NetError(RuntimeError):

@@ -13,7 +13,7 @@ import os
 import uuid
 from pathlib import Path
 
-from dsrlb.lab.topology import Topology
+from dsrlb_tools.lab.topology import Topology
 
 UNIT_DIR = Path("/etc/systemd/system")
 # Would change the shared kernel or clock, or mount things a namespace has no use for.
