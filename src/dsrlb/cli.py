@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from dsrlb.config.model import DEFAULT_CONTROL
+from dsrlb.vocabulary import DEFAULT_CONTROL, RELOAD, SHOW, SHOW_VIEWS, TARGET, TARGET_ACTIONS
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -93,20 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default="/etc/dsrlb/dsrlb.conf")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("show", help="show state of a running daemon")
-    p.add_argument("what", choices=["servers", "targets", "sessions", "stats", "vrrp"])
+    p = sub.add_parser(SHOW, help="show state of a running daemon")
+    p.add_argument("what", choices=SHOW_VIEWS)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_client)
 
-    p = sub.add_parser("target", help="change a target of a running daemon")
-    p.add_argument("action", choices=["enable", "disable", "drain"])
+    p = sub.add_parser(TARGET, help="change a target of a running daemon")
+    p.add_argument("action", choices=TARGET_ACTIONS)
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_client, what="target")
+    p.set_defaults(func=_client, what=TARGET)
 
-    p = sub.add_parser("reload", help="reload the config of a running daemon")
+    p = sub.add_parser(RELOAD, help="reload the config of a running daemon")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_client, what="reload")
+    p.set_defaults(func=_client, what=RELOAD)
 
     p = sub.add_parser(
         "resign", help="after a daemon died as VRRP master: send its priority-0 advert (systemd ExecStopPost)"

@@ -9,41 +9,40 @@ import json
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from dsrlb.config.model import DEFAULT_CONTROL
-
-if TYPE_CHECKING:
-    from dsrlb.daemon import Daemon
+from dsrlb.views import Status
+from dsrlb.vocabulary import DEFAULT_CONTROL, RELOAD, SHOW, SHOW_VIEWS, TARGET, TARGET_ACTIONS
 
 MAX_REQUEST = 65536
 
 
-async def handle(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
-    """Answer one request: {"cmd": "show", "what": ...} | {"cmd": "target", "action", "id"} |
-    {"cmd": "reload"} -> {"ok": true, "data": ...} or {"ok": false, "error": ..., "errors": [...]}."""
+class Controlled(Status, Protocol):
+    """What the control socket needs of a daemon beyond its views."""
+
+    async def reload(self) -> tuple[bool, list[str]]: ...
+    def set_admin(self, target_id: int, action: str) -> dict[str, Any]: ...
+
+
+async def handle(daemon: Controlled, request: dict[str, Any]) -> dict[str, Any]:
+    """Answer one request (the commands are vocabulary.COMMANDS): {"cmd": "show", "what": VIEW} |
+    {"cmd": "target", "action": ACTION, "id": N} | {"cmd": "reload"} -> {"ok": true, "data": ...} or
+    {"ok": false, "error": ..., "errors": [...]}."""
     cmd = request.get("cmd")
-    if cmd == "show":
-        views = {
-            "servers": daemon.show_servers,
-            "targets": daemon.show_targets,
-            "sessions": daemon.show_sessions,
-            "stats": daemon.show_stats,
-            "vrrp": daemon.show_vrrp,
-        }
-        view = views.get(request.get("what", ""))
-        if view is None:
-            return _error(f"show what? one of {', '.join(views)}")
-        return {"ok": True, "data": view()}
-    if cmd == "target":
+    if cmd == SHOW:
+        what = request.get("what", "")
+        if what not in SHOW_VIEWS:
+            return _error(f"show what? one of {', '.join(SHOW_VIEWS)}")
+        return {"ok": True, "data": getattr(daemon, f"show_{what}")()}
+    if cmd == TARGET:
         action, tid = request.get("action"), request.get("id")
-        if action not in ("enable", "disable", "drain") or not isinstance(tid, int):
-            return _error("target needs action enable|disable|drain and an integer id")
+        if action not in TARGET_ACTIONS or not isinstance(tid, int):
+            return _error(f"target needs action {'|'.join(TARGET_ACTIONS)} and an integer id")
         try:
             return {"ok": True, "data": daemon.set_admin(tid, action)}
         except KeyError as err:
             return _error(err.args[0])
-    if cmd == "reload":
+    if cmd == RELOAD:
         ok, errors = await daemon.reload()
         if ok:
             return {"ok": True, "data": {"generation": daemon.generation}}
@@ -55,7 +54,7 @@ def _error(message: str, errors: list[str] | None = None) -> dict[str, Any]:
     return {"ok": False, "error": message, "errors": errors or []}
 
 
-async def serve(daemon: Daemon, path: str) -> asyncio.AbstractServer:
+async def serve(daemon: Controlled, path: str) -> asyncio.AbstractServer:
     """Listen on `path` (mode 0660); a stale socket file from a dead daemon is replaced."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.exists(path):
@@ -159,12 +158,12 @@ def render(what: str, data: Any) -> str:
 
 def cli(args: argparse.Namespace) -> int:
     """`dsrlb show|target|reload`: exit 0 when the daemon says ok, 1 with its errors otherwise."""
-    if args.what == "target":
-        message: dict[str, Any] = {"cmd": "target", "action": args.action, "id": args.id}
-    elif args.what == "reload":
-        message = {"cmd": "reload"}
+    if args.what == TARGET:
+        message: dict[str, Any] = {"cmd": TARGET, "action": args.action, "id": args.id}
+    elif args.what == RELOAD:
+        message = {"cmd": RELOAD}
     else:
-        message = {"cmd": "show", "what": args.what}
+        message = {"cmd": SHOW, "what": args.what}
     path = args.socket or DEFAULT_CONTROL
     try:
         answer = request(path, message)
@@ -179,9 +178,9 @@ def cli(args: argparse.Namespace) -> int:
     data = answer.get("data")
     if args.json:
         print(json.dumps(data, indent=2))
-    elif args.what in ("target",):
+    elif args.what == TARGET:
         print(table([data], COLUMNS["targets"]))
-    elif args.what == "reload":
+    elif args.what == RELOAD:
         print(f"reloaded: generation {data['generation']}")
     else:
         print(render(args.what, data))

@@ -1,5 +1,6 @@
-"""The control plane: loads the config, runs health checks, target ARP resolution, the control
-socket and metrics in asyncio, and hands the data plane complete forwarding tables.
+"""The daemon's lifecycle: load the config, open the data interface, run health checks, target ARP
+resolution, failover, the control socket and metrics in asyncio, and hand the data plane complete
+forwarding tables (built by `tables.build`).
 
 A reload parses the new file first; only a config without errors replaces the running one, so a bad
 file never stops traffic. Runtime target state (admin overrides, health, MACs, sessions) is kept for
@@ -13,26 +14,26 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from dsrlb import control, metrics, resign, systemd
-from dsrlb.config.model import Config, Interface, Network, Target
+from dsrlb import control, metrics, systemd, tables, views
+from dsrlb.config.model import Config, Interface, Network
 from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
-from dsrlb.dataplane.forwarder import Forwarder, ForwardingTable, Service, ServiceState
+from dsrlb.dataplane.forwarder import Forwarder, ServiceState
 from dsrlb.dataplane.packet import arp_frame, gratuitous_arp
 from dsrlb.dataplane.ring import PacketRing
+from dsrlb.failover import Failover
 from dsrlb.health import HealthMonitor
 from dsrlb.ingress import IngressFilter
-from dsrlb.selection import Candidate, Selector
-from dsrlb.vrrp import GROUP_MAC, MASTER, VrrpRouter
+from dsrlb.selection import Selector
+from dsrlb.vrrp import GROUP_MAC
 
 log = logging.getLogger("dsrlb")
 
-PROTOCOLS = {"tcp": 6, "udp": 17}
 ARP_RETRY = 1.0  # seconds between ARP requests for a target whose MAC we do not know
 GARP_BURST = (0.05, 0.1, 0.2, 3.0)  # gratuitous ARP after the first: a burst, then once more later
 GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that learned a wrong MAC recovers
@@ -46,7 +47,7 @@ class StartupError(Exception):
 class TargetRuntime:
     """What the daemon knows about a target beyond its config."""
 
-    admin: str = "enabled"  # enabled | disabled | draining (drained is derived)
+    admin: str = "enabled"  # one of tables.ADMIN_STATES
     probe: tuple = ()  # what the monitor checks: (address, checks, source); a change restarts it
     monitor: HealthMonitor | None = None
     task: asyncio.Task | None = None
@@ -55,6 +56,14 @@ class TargetRuntime:
     @property
     def up(self) -> bool:
         return self.monitor.up if self.monitor else True
+
+    @property
+    def last_ok(self) -> float | None:
+        return self.monitor.since_success() if self.monitor else None
+
+    @property
+    def detail(self) -> str:
+        return self.monitor.detail if self.monitor else "no health check"
 
 
 def data_plane_of(config: Config) -> tuple[Interface, Network]:
@@ -75,6 +84,17 @@ def data_plane_of(config: Config) -> tuple[Interface, Network]:
 
 
 class Daemon:
+    """One balancer on one data interface. Implements `views.Status` for the control socket and
+    metrics, and `failover.Host` for VRRP."""
+
+    # Set by main() once the config is loaded and the interface opened; they live as long as the process.
+    interface: Interface
+    network: Network
+    ring: PacketRing
+    arp_sock: socket.socket
+    forwarder: Forwarder
+    ingress: IngressFilter
+
     def __init__(self, path: str, control_path: str | None = None) -> None:
         self.path = path
         self.control_override = control_path
@@ -85,11 +105,7 @@ class Daemon:
         self._selectors: dict[tuple, Selector] = {}
         self._rebuild_scheduled = False
         self.started = time.monotonic()
-        self.answering = True  # answer ARP and ping for our addresses: VRRP master, or alone
-        self.forwarding = True  # forward to targets: as answering, and while handing over on stop
-        self.vrrp: VrrpRouter | None = None
-        self._handing_over = False
-        self._sentinel: subprocess.Popen | None = None  # resigns for us should we be killed as master
+        self.failover = Failover(self)
         self.ring_drops = 0
         self.stopping: asyncio.Event | None = None
 
@@ -124,27 +140,25 @@ class Daemon:
         self.ingress = IngressFilter(self.interface.name)
         loop = asyncio.get_running_loop()
         self.forwarder.on_neighbor = lambda ip: loop.call_soon_threadsafe(self.schedule_rebuild)
-        self.forwarder.on_vrrp = lambda frame: loop.call_soon_threadsafe(self._vrrp_receive, frame)
+        self.forwarder.on_vrrp = lambda frame: loop.call_soon_threadsafe(self.failover.receive, frame)
         self.ring.join(GROUP_MAC)
         self.stopping = asyncio.Event()
         self._apply(self.config)
         self.forwarder.start()
-        if self.vrrp:
-            self.vrrp.start()
+        self.failover.start()
         servers = await self._start_servers()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         arp_task = asyncio.create_task(self._resolve_targets())
         garp_task = asyncio.create_task(self._keep_announcing())
-        if not self.vrrp:
+        if self.failover.router is None:
             self._announce()
         systemd.notify("READY=1\nSTATUS=forwarding")
         log.info("forwarding on %s (%s) with %s", self.interface.name, self.ring.mac.hex(":"), self.path)
         await self.stopping.wait()
         systemd.notify("STOPPING=1")
-        if self.vrrp:
-            await self._hand_over()
+        await self.failover.hand_over()
         arp_task.cancel()
         garp_task.cancel()
         for rt in self.runtime.values():
@@ -162,6 +176,14 @@ class Daemon:
     def control_path(self) -> str:
         assert self.config is not None
         return self.control_override or self.config.settings.control
+
+    @property
+    def mac(self) -> bytes:
+        return self.ring.mac
+
+    @property
+    def interface_name(self) -> str:
+        return self.interface.name
 
     async def _start_servers(self) -> list[asyncio.AbstractServer]:
         assert self.config is not None
@@ -196,7 +218,7 @@ class Daemon:
         """Adopt a validated config: start/stop health monitors, keep runtime state, rebuild."""
         self.config = config
         self.generation += 1
-        wanted = self._serving_targets(config)
+        wanted = tables.serving_targets(config)
         for tid in list(self.runtime):
             if tid not in wanted:
                 rt = self.runtime.pop(tid)
@@ -214,29 +236,18 @@ class Daemon:
                         tid, target.ipaddr, target.checks, self.network.real, self._health_changed
                     )
                     rt.task = asyncio.get_running_loop().create_task(rt.monitor.run())
-        for sid in [s for s in self.states if s not in config.servers]:
-            del self.states[sid]
-        self._configure_vrrp(config)
-        addresses = self._addresses(config)
+        for sid in list(self.states):
+            if sid not in config.servers:
+                del self.states[sid]
+        for sid, server in config.servers.items():
+            if server.serving:
+                self.states.setdefault(sid, ServiceState())
+        addresses = tables.addresses(config, self.network)
+        source = config.networks[config.vrrp.network].real if config.vrrp else self.network.real
+        self.failover.configure(config.vrrp, source, addresses)
         self.ring.attach_filter(bpf.program(addresses))
         self.ingress.apply(addresses)
         self.rebuild()
-
-    @staticmethod
-    def _serving_targets(config: Config) -> dict[int, Target]:
-        return {
-            tid: config.targets[tid]
-            for server in config.servers.values()
-            if server.serving
-            for tid in server.targets
-            if config.targets[tid].serving
-        }
-
-    def _addresses(self, config: Config) -> list:
-        addrs = [s.ipaddr for s in config.servers.values() if s.serving]
-        if self.network.virt:
-            addrs.append(self.network.virt)
-        return addrs
 
     # --- forwarding table ---------------------------------------------------------------------
     def _health_changed(self, target_id: int, up: bool, detail: str) -> None:
@@ -247,48 +258,34 @@ class Daemon:
             self._rebuild_scheduled = True
             asyncio.get_running_loop().call_soon(self.rebuild)
 
-    def mac_of(self, target: Target) -> bytes | None:
-        entry = self.forwarder.neighbors.get(target.ipaddr.packed)
-        return entry[0] if entry else None
+    def _macs(self) -> dict[bytes, bytes]:
+        """MACs of the serving targets, read key by key: the packet thread may add entries meanwhile."""
+        assert self.config is not None
+        found = {}
+        for target in tables.serving_targets(self.config).values():
+            entry = self.forwarder.neighbors.get(target.ipaddr.packed)
+            if entry is not None:
+                found[target.ipaddr.packed] = entry[0]
+        return found
 
     def rebuild(self) -> None:
         """Build and install a forwarding table from config, health, admin state and MACs."""
         self._rebuild_scheduled = False
-        config = self.config
-        assert config is not None
-        services: dict[tuple[bytes, int, int], Service] = {}
-        selectors: dict[tuple, Selector] = {}
-        for server in config.servers.values():
-            if not server.serving:
-                continue
-            active: list[int] = []
-            forward: dict[int, bytes] = {}
-            candidates: list[Candidate] = []
-            for tid in server.targets:
-                target = config.targets[tid]
-                rt = self.runtime.get(tid)
-                mac = self.mac_of(target)
-                if rt is None or mac is None or not rt.up or rt.admin == "disabled":
-                    continue
-                forward[tid] = mac + self.ring.mac
-                if rt.admin == "enabled":
-                    active.append(tid)
-                    candidates.append(
-                        Candidate(tid, f"{target.ipaddr}:{server.port}", target.weight, target.backup)
-                    )
-            key = (server.method, tuple(candidates))
-            selector = selectors.get(key) or self._selectors.get(key) or Selector(server.method, candidates)
-            selectors[key] = selector
-            if not self.forwarding:
-                continue  # a VRRP backup stays silent
-            state = self.states.setdefault(server.id, ServiceState())
-            services[(server.ipaddr.packed, PROTOCOLS[server.protocol], server.port)] = Service(
-                selector, frozenset(active), forward, server.session, state
-            )
-        self._selectors = selectors
-        answer = frozenset(a.packed for a in self._addresses(config)) if self.answering else frozenset()
-        neighbors = frozenset(t.ipaddr.packed for t in self._serving_targets(config).values())
-        self.forwarder.install(ForwardingTable(services, answer, neighbors, config.settings.drainidle))
+        assert self.config is not None
+        status = {tid: tables.TargetStatus(rt.up, rt.admin) for tid, rt in self.runtime.items()}
+        built = tables.build(
+            self.config,
+            self.network,
+            status,
+            self._macs(),
+            self.ring.mac,
+            self.states,
+            forwarding=self.failover.forwarding,
+            answering=self.failover.answering,
+            selectors=self._selectors,
+        )
+        self._selectors = built.selectors
+        self.forwarder.install(built.table)
 
     # --- neighbours ---------------------------------------------------------------------------
     async def _resolve_targets(self) -> None:
@@ -297,33 +294,35 @@ class Daemon:
             assert self.config is not None
             settings = self.config.settings
             now = time.monotonic()
-            expired = False
             for tid, rt in self.runtime.items():
                 target = self.config.targets[tid]
                 ip = target.ipaddr.packed
                 entry = self.forwarder.neighbors.get(ip)
                 age = now - entry[1] if entry else None
                 if age is not None and age > settings.arpexpire:
-                    self.forwarder.neighbors.pop(ip, None)
                     log.warning(
                         "target %d %s: no ARP answer for %.0f s, MAC forgotten", tid, target.ipaddr, age
                     )
-                    expired = True
+                    self.forwarder.call(lambda ip=ip: self._forget(ip))
                     age = None
                 due = ARP_RETRY if age is None else settings.arprefresh
                 if now - rt.arp_sent >= due and (age is None or age >= settings.arprefresh):
                     rt.arp_sent = now
-                    self._send(arp_frame(1, self.ring.mac, self.network.real.packed, b"", ip))
-            if expired:
-                self.rebuild()
+                    self.send(arp_frame(1, self.ring.mac, self.network.real.packed, b"", ip))
             await asyncio.sleep(0.5)
+
+    def _forget(self, ip: bytes) -> None:
+        """On the packet thread, which owns the neighbour table: drop a MAC and have the table rebuilt."""
+        if self.forwarder.neighbors.pop(ip, None) is not None:
+            self.forwarder.on_neighbor(ip)
 
     def _announce(self) -> None:
         """Gratuitous ARP for every address we answer for, so neighbours learn our MAC at once."""
-        if not self.answering:
+        if not self.failover.answering:
             return
-        for addr in self._addresses(self.config):
-            self._send(gratuitous_arp(self.ring.mac, addr.packed))
+        assert self.config is not None
+        for addr in tables.addresses(self.config, self.network):
+            self.send(gratuitous_arp(self.ring.mac, addr.packed))
 
     async def _keep_announcing(self) -> None:
         """Repeat gratuitous ARP while we own the addresses: a router that cached another MAC for a
@@ -332,91 +331,13 @@ class Daemon:
             await asyncio.sleep(GARP_REFRESH)
             self._announce()
 
-    def _announce_burst(self) -> None:
+    def announce_burst(self) -> None:
         loop = asyncio.get_running_loop()
         self._announce()
         for delay in GARP_BURST:
             loop.call_later(delay, self._announce)
 
-    # --- VRRP ---------------------------------------------------------------------------------
-    def _configure_vrrp(self, config: Config) -> None:
-        """Create the VRRP router on first load; later loads update it in place where they can."""
-        wanted = config.vrrp
-        if wanted is None:
-            if self.vrrp is not None:
-                self.vrrp.shutdown()
-                self.vrrp = None
-            self.answering = self.forwarding = True
-            return
-        source = config.networks[wanted.network].real
-        addresses = self._addresses(config)
-        router = self.vrrp
-        if router is not None and (router.config.vrid, router.config.version, router.source) == (
-            wanted.vrid,
-            wanted.version,
-            source,
-        ):
-            router.config, router.priority, router.addresses = wanted, wanted.priority, tuple(addresses)
-            self._keep_resignation()
-            return
-        if router is not None:
-            router.shutdown()
-        self.vrrp = VrrpRouter(
-            wanted,
-            source,
-            addresses,
-            self.ring.mac,
-            self._send,
-            self._vrrp_state,
-            self._announce_burst,
-            ready=self._ready,
-        )
-        self.answering = self.forwarding = False
-        if router is not None:
-            self.vrrp.start()
-
-    def _vrrp_receive(self, frame: bytes) -> None:
-        if self.vrrp is not None:
-            self.vrrp.receive(frame)
-
-    def _vrrp_state(self, state: str) -> None:
-        """Master answers and forwards. A master that steps down keeps forwarding for a grace period
-        (make before break: the network may still send to it until the new master's gratuitous ARP
-        has landed; both pick the same target for a client); one that is stopping (priority 0) also
-        keeps answering ARP until a new master is heard (see `_hand_over`)."""
-        was_forwarding = self.forwarding
-        self.answering = state == MASTER or self._handing_over
-        self.forwarding = self.answering
-        if was_forwarding and not self.forwarding and self.vrrp is not None:
-            self.forwarding = True
-            asyncio.get_running_loop().call_later(self._grace(), self._end_grace)
-        self.rebuild()
-        self._keep_resignation()
-
-    def _keep_resignation(self) -> None:
-        """While master, leave the priority-0 advert for `dsrlb resign` should this process die
-        without a clean stop (see resign.py); otherwise make sure none is left."""
-        path = resign.path_for(self.control_path)
-        try:
-            if self.vrrp is not None and self.vrrp.state == MASTER:
-                resign.arm(path, self.interface.name, self.vrrp.advert(priority=0))
-                if self._sentinel is None or self._sentinel.poll() is not None:
-                    self._sentinel = resign.start_sentinel(path)
-            else:
-                resign.disarm(path)
-        except OSError as err:
-            log.warning("cannot keep the VRRP resignation in %s: %s", path.parent, err)
-
-    def _grace(self) -> float:
-        assert self.vrrp is not None
-        return max(0.2, 2 * self.vrrp.advert_interval)
-
-    def _end_grace(self) -> None:
-        if not self.answering and self.forwarding:
-            self.forwarding = False
-            self.rebuild()
-
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         """Ready to take over from a working master: every target has been checked and every healthy
         one has a MAC, so this node picks the same target for a client as the master does; or the
         longest health-check timeout has passed since start (then there is nothing to wait for)."""
@@ -424,40 +345,23 @@ class Daemon:
         longest = max((c.timeout for t in self.config.targets.values() for c in t.checks), default=0.0)
         if time.monotonic() - self.started > longest + 1:
             return True
-        for tid, target in self._serving_targets(self.config).items():
+        macs = self._macs()
+        for tid, target in tables.serving_targets(self.config).items():
             rt = self.runtime.get(tid)
             if rt is None or (rt.monitor is not None and not rt.monitor.settled):
                 return False
-            if rt.up and self.mac_of(target) is None:
+            if rt.up and target.ipaddr.packed not in macs:
                 return False
         return True
 
-    async def _hand_over(self) -> None:
-        """Clean stop of a master: announce priority 0 and keep forwarding until the backup has
-        taken over, so no request is lost."""
-        router = self.vrrp
-        assert router is not None
-        self._handing_over = router.state == MASTER
-        asked = time.monotonic()
-        router.shutdown()
-        if not self._handing_over:
-            return
-        deadline = asked + router.master_down_interval() + 1.0
-        while router.peer_master_seen < asked and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        self.answering = False  # the new master answers from now on; we only forward what still comes
-        self.rebuild()
-        await asyncio.sleep(self._grace())
-        log.info("handed over after %.2f s", time.monotonic() - asked)
-
-    def _send(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> None:
         try:
             self.arp_sock.send(frame)
         except OSError as err:
             log.warning("cannot send on %s: %s", self.interface.name, err)
 
     # --- runtime target control ---------------------------------------------------------------
-    def set_admin(self, target_id: int, action: str) -> dict:
+    def set_admin(self, target_id: int, action: str) -> dict[str, Any]:
         if target_id not in self.runtime:
             raise KeyError(f"target {target_id} is not serving (not defined, registered or enabled)")
         self.runtime[target_id].admin = {"enable": "enabled", "disable": "disabled", "drain": "draining"}[
@@ -467,102 +371,28 @@ class Daemon:
         self.rebuild()
         return next(t for t in self.show_targets() if t["id"] == target_id)
 
-    # --- views for control and metrics --------------------------------------------------------
-    def admin_view(self, tid: int) -> str:
-        """Admin state as operators see it: a draining target with no open connection is drained."""
-        rt = self.runtime[tid]
-        if rt.admin == "draining" and self.forwarder.activity.get(tid, (0, 0.0))[0] == 0:
-            return "drained"
-        return rt.admin
-
-    def show_targets(self) -> list[dict]:
+    # --- views.Status -------------------------------------------------------------------------
+    def show_targets(self) -> list[dict[str, Any]]:
         assert self.config is not None
-        sessions: dict[int, int] = {}
-        for state in self.states.values():
-            for tid, n in list(state.load.items()):
-                sessions[tid] = sessions.get(tid, 0) + n
-        out = []
-        for tid, rt in sorted(self.runtime.items()):
-            t = self.config.targets[tid]
-            mac = self.mac_of(t)
-            last_ok = rt.monitor.since_success() if rt.monitor else None
-            packets = sum(st.counters[tid][0] for st in self.states.values() if tid in st.counters)
-            nbytes = sum(st.counters[tid][1] for st in self.states.values() if tid in st.counters)
-            out.append(
-                {
-                    "id": tid,
-                    "ipaddr": str(t.ipaddr),
-                    "port": t.port,
-                    "mac": mac.hex(":") if mac else None,
-                    "health": "up" if rt.up else "down",
-                    "last_ok": None if last_ok is None else round(last_ok, 1),
-                    "admin": self.admin_view(tid),
-                    "weight": t.weight,
-                    "backup": t.backup,
-                    "sessions": sessions.get(tid, 0),
-                    "connections": self.forwarder.activity.get(tid, (0, 0.0))[0],
-                    "packets": packets,
-                    "bytes": nbytes,
-                    "detail": rt.monitor.detail if rt.monitor else "no health check",
-                }
-            )
-        return out
+        return views.targets(
+            self.config, self.runtime, self.states.values(), self.forwarder.activity, self._macs()
+        )
 
-    def show_servers(self) -> list[dict]:
+    def show_servers(self) -> list[dict[str, Any]]:
         assert self.config is not None
-        out = []
-        for sid, s in sorted(self.config.servers.items()):
-            state = self.states.get(sid)
-            counts = list(state.counters.values()) if state else []
-            packets, nbytes = sum(c[0] for c in counts), sum(c[1] for c in counts)
-            out.append(
-                {
-                    "id": sid,
-                    "vip": str(s.ipaddr),
-                    "port": s.port,
-                    "protocol": s.protocol,
-                    "method": s.method,
-                    "targets": list(s.targets),
-                    "serving": s.serving,
-                    "packets": packets,
-                    "bytes": nbytes,
-                    "sessions": len(state.sessions) if state else 0,
-                }
-            )
-        return out
+        return views.servers(self.config, self.states)
 
-    def show_sessions(self) -> list[dict]:
-        now = time.monotonic()
-        out = []
-        for sid, state in sorted(self.states.items()):
-            for client, (tid, seen) in list(state.sessions.items()):
-                out.append(
-                    {
-                        "server": sid,
-                        "client": socket.inet_ntoa(client),
-                        "target": tid,
-                        "idle": round(now - seen, 1),
-                    }
-                )
-        return out
+    def show_sessions(self) -> list[dict[str, Any]]:
+        return views.sessions(self.states, time.monotonic())
 
-    def show_stats(self) -> dict:
-        st = self.forwarder.stats
+    def show_stats(self) -> dict[str, Any]:
         self.ring_drops += self.ring.kernel_drops()  # read-and-reset in the kernel, so accumulate here
-        return {
-            "rx": st.rx,
-            "tx": st.tx,
-            "forwarded": st.forwarded,
-            "arp_replies": st.arp_replies,
-            "icmp_replies": st.icmp_replies,
-            "checksums_fixed": st.checksums_fixed,
-            "drops": {**st.drops, **({"ring_full": self.ring_drops} if self.ring_drops else {})},
-            "generation": self.generation,
-            "uptime": round(time.monotonic() - self.started, 1),
-        }
+        return views.stats(
+            self.forwarder.stats, self.ring_drops, self.generation, time.monotonic() - self.started
+        )
 
-    def show_vrrp(self) -> dict:
-        return self.vrrp.view() if self.vrrp else {"state": "disabled"}
+    def show_vrrp(self) -> dict[str, Any]:
+        return self.failover.view()
 
 
 def run(path: str, control: str | None = None) -> int:

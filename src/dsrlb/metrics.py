@@ -6,10 +6,8 @@ Rendered from the same views as the control socket, so both always agree.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dsrlb.daemon import Daemon
+from dsrlb.views import Status
 
 
 def _labels(**labels: object) -> str:
@@ -17,7 +15,7 @@ def _labels(**labels: object) -> str:
     return "{" + inner + "}" if inner else ""
 
 
-def render(daemon: Daemon) -> str:
+def render(daemon: Status) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
@@ -116,7 +114,7 @@ def render(daemon: Daemon) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def serve(daemon: Daemon, host: str, port: int) -> asyncio.AbstractServer:
+async def serve(daemon: Status, host: str, port: int) -> asyncio.AbstractServer:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
