@@ -2,34 +2,53 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Structured (inventory-derived) data -> canonical dsrlb config text.
 
-The text is canonical so that the same data always yields the same bytes: objects are sorted by id,
-keys follow a fixed order per block, and lists are rendered one way. That makes the module idempotent
-and its diffs meaningful. Values are checked here only as far as needed to keep the syntax intact
-(no stray braces, quotes or whitespace) and to give early messages; `dsrlb check` judges the rest.
+The text is the daemon's canonical form, byte for byte what `dsrlb check --canonical` prints for it
+(tests/contract holds the two writers to that): objects sorted by id, a fixed key order per block,
+keys at their default left out, lists written one way. So the same data always yields the same bytes,
+the module is idempotent and its diffs are meaningful. Values are checked here only as far as needed
+to keep the syntax intact (no stray braces, quotes or whitespace) and to give early messages;
+`dsrlb check` judges the rest.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import typing as t
 
+from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import (
+    ACCESS,
+    CHECK_MODULES,
+    DEFAULTS,
+    METHODS,
+    MODULES,
+    PROTOCOLS,
+    SETTINGS,
+)
+
+# A leading comment: the daemon keeps the comment lines above the first statement in canonical text.
 HEADER = "// managed by Ansible (dsrlb.fleet.balancer_config): local changes will be overwritten"
-MODULE_ORDER = ("vrrp", "arp", "ping", "hc", "master", "slb", "tnat", "nat", "rt")
-SETTING_KEYS = ("control", "metrics", "arprefresh", "arpexpire", "drainidle")
 _WORD = re.compile(r"^[A-Za-z0-9_.:/@%+=-]+$")
+_BARE = re.compile(r'[^\s{}"]+')  # what the daemon writes without quotes
 _IDLIST = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
+_CHOICES = {"access": ACCESS, "protocol": tuple(PROTOCOLS), "method": METHODS}
+_CHECK_FIELDS = {
+    "tcpopen": ("PORT", "INTERVAL", "TIMEOUT"),
+    "ping": ("INTERVAL", "TIMEOUT"),
+    "http": ("PORT", "PATH", "INTERVAL", "TIMEOUT"),
+}
 
 # Per block kind: (keyword, option name, ((key, value kind), ...)) in canonical key order.
 BLOCKS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    ("interface", "interfaces", (("name", "word"), ("access", "word"), ("threads", "int"))),
+    ("interface", "interfaces", (("name", "word"), ("access", "choice"), ("threads", "int"))),
     (
         "network",
         "networks",
         (
-            ("name", "quoted"),
+            ("name", "text"),
             ("addr", "ip"),
-            ("mask", "ip"),
+            ("mask", "mask"),
             ("real", "ip"),
             ("virt", "ip"),
             ("interface", "int"),
@@ -41,9 +60,9 @@ BLOCKS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("ipaddr", "ip"),
             ("port", "int"),
-            ("protocol", "word"),
+            ("protocol", "choice"),
             ("targets", "idlist"),
-            ("method", "word"),
+            ("method", "choice"),
             ("session", "number"),
         ),
     ),
@@ -53,10 +72,8 @@ BLOCKS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("ipaddr", "ip"),
             ("port", "int"),
-            ("protocol", "word"),
-            ("tcpopen", "csv"),
-            ("ping", "csv"),
-            ("http", "csv"),
+            ("protocol", "choice"),
+            *((check, "check") for check in CHECK_MODULES),
             ("dsr", "enable"),
             ("weight", "int"),
             ("backup", "flag"),
@@ -79,17 +96,18 @@ class RenderError(ValueError):
 
 
 def _number(value: t.Any, where: str, integer: bool) -> str:
+    """Whole numbers without a fraction, others as Python's shortest repr: the daemon's format."""
     if isinstance(value, bool):
         raise RenderError(f"{where}: expected a number, got a boolean")
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise RenderError(f"{where}: expected a number, got {value!r}") from None
-    if number < 0 or (integer and number != int(number)):
+    if not math.isfinite(number) or number < 0 or (integer and number != int(number)):
         raise RenderError(
             f"{where}: expected a non-negative {'integer' if integer else 'number'}, got {value!r}"
         )
-    return str(int(number)) if number == int(number) else format(number, "g")
+    return str(int(number)) if number == int(number) else repr(number)
 
 
 def _word(value: t.Any, where: str) -> str:
@@ -97,6 +115,16 @@ def _word(value: t.Any, where: str) -> str:
     if not _WORD.match(text):
         raise RenderError(f"{where}: {text!r} must be a single word without spaces, quotes, commas or braces")
     return text
+
+
+def _text(value: t.Any, where: str) -> str:
+    """A bare word when the daemon reads it as one, else quoted (the config language has no escapes)."""
+    text = str(value)
+    if _BARE.fullmatch(text) and not text.startswith("//"):
+        return text
+    if '"' in text or "\n" in text:
+        raise RenderError(f"{where}: {text!r} must not contain double quotes or line breaks")
+    return f'"{text}"'
 
 
 def _bool(value: t.Any, where: str) -> bool:
@@ -110,20 +138,52 @@ def _bool(value: t.Any, where: str) -> bool:
     raise RenderError(f"{where}: expected a boolean, got {value!r}")
 
 
-def _csv(value: t.Any, where: str) -> str:
-    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    if not parts:
-        raise RenderError(f"{where}: must not be empty")
-    return ",".join(_word(str(part).strip(), where) for part in parts)
+def _ranges(ids: list[int]) -> str:
+    """Ids as a list, in their order; runs of three or more become ranges (1,2 stays 1,2)."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[i - 1] + 1:
+            run = ids[start:i]
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+            start = i
+    return ",".join(parts)
 
 
 def _idlist(value: t.Any, where: str) -> str:
     if isinstance(value, (list, tuple)):
-        return ",".join(_number(part, where, integer=True) for part in value)
-    text = str(value).replace(" ", "")
-    if not _IDLIST.match(text):
-        raise RenderError(f"{where}: {value!r} must be a list of ids such as [1, 2] or '1,2' or '1-4'")
-    return text
+        parts = [_number(part, where, integer=True) for part in value]
+    else:
+        text = str(value).replace(" ", "")
+        if not _IDLIST.match(text):
+            raise RenderError(f"{where}: {value!r} must be a list of ids such as [1, 2] or '1,2' or '1-4'")
+        parts = text.split(",")
+    ids: list[int] = []
+    for part in parts:
+        bounds = [int(bound) for bound in part.split("-")]
+        if bounds[-1] < bounds[0]:
+            raise RenderError(f"{where}: range {part} runs backwards")
+        ids.extend(range(bounds[0], bounds[-1] + 1))
+    if not ids:
+        raise RenderError(f"{where}: must not be empty")
+    return _ranges(ids)
+
+
+def _check(key: str, value: t.Any, where: str) -> str:
+    """`PORT,INTERVAL,TIMEOUT` and the like from a string or a list; an http path may hold commas."""
+    fields = _CHECK_FIELDS[key]
+    parts = [
+        str(part).strip() for part in (value if isinstance(value, (list, tuple)) else str(value).split(","))
+    ]
+    if "PATH" in fields and len(parts) > len(fields):
+        parts = [parts[0], ",".join(parts[1:-2]), *parts[-2:]]
+    if len(parts) != len(fields):
+        raise RenderError(f"{where}: {value!r} must be {','.join(fields)}")
+    text = ",".join(
+        part if fields[i] == "PATH" else _number(part, where, integer=fields[i] == "PORT")
+        for i, part in enumerate(parts)
+    )
+    return _text(text, where) if "PATH" in fields else text
 
 
 def _ip(value: t.Any, where: str) -> str:
@@ -133,24 +193,32 @@ def _ip(value: t.Any, where: str) -> str:
         raise RenderError(f"{where}: {value!r} is not an IP address") from None
 
 
-def format_value(kind: str, key: str, value: t.Any, where: str) -> str | None:
+def _mask(value: t.Any, where: str) -> str:
+    """Dotted, as the daemon writes it, also when given as a prefix length."""
+    try:
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask)
+    except ValueError:
+        raise RenderError(f"{where}: {value!r} is not a netmask such as 255.255.255.0 or 24") from None
+
+
+def _format(kind: str, key: str, value: t.Any, where: str) -> str | None:
     """The text after the key in a block line, or None when the line is omitted (false flags)."""
-    where = f"{where}.{key}"
     if kind == "word":
         return _word(value, where)
-    if kind == "quoted":
-        text = str(value)
-        if '"' in text or "\n" in text or "\\" in text:
-            raise RenderError(f"{where}: {text!r} must not contain quotes, backslashes or line breaks")
-        return f'"{text}"'
-    if kind == "int":
-        return _number(value, where, integer=True)
-    if kind == "number":
-        return _number(value, where, integer=False)
+    if kind == "text":
+        return _text(value, where)
+    if kind == "choice":
+        if value not in _CHOICES[key]:
+            raise RenderError(f"{where}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+        return value
+    if kind in ("int", "number"):
+        return _number(value, where, integer=kind == "int")
     if kind == "ip":
         return _ip(value, where)
-    if kind == "csv":
-        return _csv(value, where)
+    if kind == "mask":
+        return _mask(value, where)
+    if kind == "check":
+        return _check(key, value, where)
     if kind == "idlist":
         return _idlist(value, where)
     if kind == "enable":
@@ -162,22 +230,34 @@ def format_value(kind: str, key: str, value: t.Any, where: str) -> str | None:
     raise AssertionError(f"unknown value kind {kind}")
 
 
+def _key_lines(
+    block: str, keys: t.Sequence[tuple[str, str]], item: dict[str, t.Any], where: str, indent: str = "    "
+) -> list[str]:
+    """`key value` lines in `keys` order, leaving out absent keys, false flags and default values."""
+    defaults = DEFAULTS.get(block, {})
+    lines = []
+    for key, kind in keys:
+        if item.get(key) is None:
+            continue
+        text = _format(kind, key, item[key], f"{where}.{key}")
+        if text is not None and (key not in defaults or text != _format(kind, key, defaults[key], key)):
+            lines.append(f"{indent}{key} {text}".rstrip())
+    return lines
+
+
 def _block_lines(
-    header: str, keys: tuple[tuple[str, str], ...], item: dict[str, t.Any], where: str, flags: tuple[str, ...]
+    keyword: str,
+    header: str,
+    keys: tuple[tuple[str, str], ...],
+    item: dict[str, t.Any],
+    where: str,
+    flags: tuple[str, ...],
 ) -> list[str]:
     known = {pair[0] for pair in keys}
     unknown = sorted(set(item) - known - set(flags))
     if unknown:
         raise RenderError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    lines = [header + " {"]
-    for key, kind in keys:
-        if item.get(key) is None:
-            continue
-        text = format_value(kind, key, item[key], where)
-        if text is not None:
-            lines.append(f"    {key} {text}".rstrip())
-    lines.append("}")
-    return lines
+    return ["", header + " {", *_key_lines(keyword, keys, item, where), "}"]
 
 
 def _normalise_network(item: dict[str, t.Any], where: str) -> dict[str, t.Any]:
@@ -192,11 +272,6 @@ def _normalise_network(item: dict[str, t.Any], where: str) -> dict[str, t.Any]:
     except ValueError as err:
         raise RenderError(f"{where}.addr: {err}") from None
     return dict(item, addr=str(net.network_address), mask=str(net.netmask))
-
-
-def _id_list_line(verb: str, keyword: str, ids: list[int]) -> str:
-    noun = keyword + "s" if len(ids) > 1 else keyword
-    return f"{verb} {noun} {','.join(str(i) for i in ids)}"
 
 
 def _items(spec: dict[str, t.Any], option: str) -> list[dict[str, t.Any]]:
@@ -217,41 +292,48 @@ def _items(spec: dict[str, t.Any], option: str) -> list[dict[str, t.Any]]:
     return sorted(result, key=lambda item: item["id"])
 
 
+def _flag_lines(keyword: str, option: str, items: list[dict[str, t.Any]]) -> list[str]:
+    """`register` then `enable`, each with the ids that have the flag; only registered ones are enabled."""
+    registered = [
+        i["id"] for i in items if _bool(i.get("registered", True), f"{option}[id={i['id']}].registered")
+    ]
+    enabled = [
+        i["id"]
+        for i in items
+        if i["id"] in registered and _bool(i.get("enabled", True), f"{option}[id={i['id']}].enabled")
+    ]
+    return [
+        f"{verb} {keyword + 's' if len(ids) > 1 else keyword} {_ranges(ids)}"
+        for verb, ids in (("register", registered), ("enable", enabled))
+        if ids
+    ]
+
+
 def derive_modules(spec: dict[str, t.Any]) -> list[str]:
     """The BalanceNG modules the config needs: DSR always needs slb and arp, checks and VRRP add theirs."""
     needed = {"arp", "slb"}
     for target in spec.get("targets") or []:
-        if target.get("tcpopen") is not None or target.get("http") is not None:
-            needed.add("hc")
-        if target.get("ping") is not None:
-            needed.add("ping")
+        needed.update(module for check, module in CHECK_MODULES.items() if target.get(check) is not None)
     if spec.get("vrrp"):
         needed.add("vrrp")
-    return [name for name in MODULE_ORDER if name in needed]
+    return [name for name in MODULES if name in needed]
 
 
 def render(spec: dict[str, t.Any]) -> str:
     """Canonical config text for `spec` (keys: modules, settings, interfaces, networks, servers,
     targets, vrrp), raising RenderError with the path of the first bad field."""
     modules = spec.get("modules") or derive_modules(spec)
-    unknown = sorted(set(modules) - set(MODULE_ORDER))
+    unknown = sorted(set(modules) - set(MODULES))
     if unknown:
-        raise RenderError(
-            f"modules: unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULE_ORDER)}"
-        )
-    lines = [HEADER, "modules " + ",".join(name for name in MODULE_ORDER if name in set(modules))]
+        raise RenderError(f"modules: unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
+    lines = [HEADER, "modules " + ",".join(name for name in MODULES if name in set(modules))]
 
     settings = {key: value for key, value in (spec.get("settings") or {}).items() if value is not None}
-    unknown = sorted(set(settings) - set(SETTING_KEYS))
+    unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
-        raise RenderError(f"settings: unknown key(s) {', '.join(unknown)}; known: {', '.join(SETTING_KEYS)}")
-    for key in SETTING_KEYS:
-        if key in settings:
-            value, where = settings[key], "settings." + key
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            lines.append(
-                f"set {key} {_number(value, where, integer=False) if is_number else _word(value, where)}"
-            )
+        raise RenderError(f"settings: unknown key(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    kinds = [(key, "number" if isinstance(DEFAULTS["set"][key], float) else "text") for key in SETTINGS]
+    lines += _key_lines("set", kinds, settings, "settings", indent="set ")
 
     for keyword, option, keys in BLOCKS:
         items = _items(spec, option)
@@ -259,16 +341,10 @@ def render(spec: dict[str, t.Any]) -> str:
             where = f"{option}[id={item['id']}]"
             if keyword == "network":
                 item = _normalise_network(item, where)
-            lines.extend(_block_lines(f"{keyword} {item['id']}", keys, item, where, ITEM_FLAGS))
-        flags = {item["id"]: (item.get("registered", True), item.get("enabled", True)) for item in items}
-        registered = [i for i, pair in flags.items() if _bool(pair[0], f"{option}[id={i}].registered")]
-        enabled = [i for i in registered if _bool(flags[i][1], f"{option}[id={i}].enabled")]
-        for verb, ids in (("register", registered), ("enable", enabled)):
-            if ids:
-                lines.append(_id_list_line(verb, keyword, ids))
+            lines += _block_lines(keyword, f"{keyword} {item['id']}", keys, item, where, ITEM_FLAGS)
+        lines += _flag_lines(keyword, option, items)
 
     vrrp = {key: value for key, value in (spec.get("vrrp") or {}).items() if value is not None}
     if vrrp:
-        lines.extend(_block_lines("vrrp", VRRP_KEYS, vrrp, "vrrp", ()))
-    lines.append("// end of configuration")
+        lines += _block_lines("vrrp", "vrrp", VRRP_KEYS, vrrp, "vrrp", ())
     return "\n".join(lines) + "\n"

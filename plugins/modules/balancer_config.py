@@ -11,8 +11,9 @@ short_description: Install the dsrlb daemon's config from structured data, valid
 version_added: "0.1.0"
 description:
   - Renders interfaces, networks, virtual servers, targets, VRRP and settings into the canonical text
-    of the dsrlb config language (BalanceNG syntax), with objects sorted by id and a fixed key order, so
-    the same data always gives the same file.
+    of the dsrlb config language (BalanceNG syntax), with objects sorted by id, a fixed key order and
+    keys at their default left out, so the same data always gives the same file. The file starts with a
+    C(// managed by Ansible) line and is byte for byte what C(dsrlb check --canonical) prints for it.
   - The text is written to a temporary file and validated with C(dsrlb check) before it is installed
     atomically at O(path). A config that C(dsrlb check) rejects changes nothing; its
     C(FILE:LINE:COL message) lines come back in RV(errors).
@@ -102,7 +103,7 @@ options:
         type: str
         required: true
       mask:
-        description: Netmask in dotted form.
+        description: Netmask, dotted or as a prefix length; written dotted.
         type: str
       real:
         description: The balancer's own address on this network; source of ARP requests and health checks.
@@ -258,7 +259,7 @@ options:
     type: bool
     default: true
   control_socket:
-    description: The daemon's control socket; defaults to O(settings.control) or C(/run/dsrlb/control.sock).
+    description: The daemon's control socket; defaults to O(settings.control), else to the daemon's default.
     type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -368,6 +369,12 @@ from ansible_collections.dsrlb.fleet.plugins.module_utils.control import (  # no
     ControlClient,
     ControlError,
 )
+from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import (  # noqa: E402
+    ACCESS,
+    METHODS,
+    MODULES,
+    PROTOCOLS,
+)
 
 SECTIONS = ("modules", "settings", "interfaces", "networks", "servers", "targets", "vrrp")
 DSRLB_FALLBACK_DIRS = ["/opt/dsrlb/venv/bin", "/usr/local/bin"]
@@ -378,14 +385,15 @@ def _id_flags() -> dict:
 
 
 def argument_spec() -> dict:
-    """The module's options; a function so that unit tests can build the same spec."""
-    proto = dict(type="str", choices=["tcp", "udp"])
+    """The module's options; a function so that unit tests can build the same spec. The choices come
+    from the vocabulary; DOCUMENTATION repeats them literally (a unit test keeps the two equal)."""
+    proto = dict(type="str", choices=list(PROTOCOLS))
     return dict(
         path=dict(type="path", default="/etc/dsrlb/dsrlb.conf"),
         modules=dict(
             type="list",
             elements="str",
-            choices=["vrrp", "arp", "ping", "hc", "master", "slb", "tnat", "nat", "rt"],
+            choices=list(MODULES),
         ),
         settings=dict(
             type="dict",
@@ -404,7 +412,7 @@ def argument_spec() -> dict:
             options=dict(
                 id=dict(type="int", required=True),
                 name=dict(type="str", required=True),
-                access=dict(type="str", choices=["raw"]),
+                access=dict(type="str", choices=list(ACCESS)),
                 threads=dict(type="int"),
                 **_id_flags(),
             ),
@@ -434,7 +442,7 @@ def argument_spec() -> dict:
                 port=dict(type="int"),
                 protocol=proto,
                 targets=dict(type="raw"),
-                method=dict(type="str", choices=["maglev", "rr", "random", "hash", "leastsessions", "first"]),
+                method=dict(type="str", choices=list(METHODS)),
                 session=dict(type="float"),
                 **_id_flags(),
             ),

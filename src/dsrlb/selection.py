@@ -14,8 +14,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from dsrlb.config.model import METHODS
 from dsrlb.maglev import build_table, lookup, stable_hash
+from dsrlb.vocabulary import METHODS
 
 
 @dataclass(frozen=True)

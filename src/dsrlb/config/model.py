@@ -2,7 +2,8 @@
 
 Nothing outside `dsrlb.config.parser` knows the config syntax; the daemon, the data plane and the
 Ansible modules only see these frozen dataclasses. Only objects that are both registered and enabled
-serve traffic: the parser keeps them all and records the two flags.
+serve traffic: the parser keeps them all and records the two flags. Defaults of optional keys come
+from `dsrlb.vocabulary`, where the collection's config writer finds them too.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-MODULES = frozenset({"vrrp", "arp", "ping", "hc", "master", "slb", "tnat", "nat", "rt"})
-METHODS = ("maglev", "rr", "random", "hash", "leastsessions", "first")
-DEFAULT_SESSION_TIMEOUT = 600.0
-DEFAULT_METRICS = "127.0.0.1:9410"
-DEFAULT_CONTROL = "/run/dsrlb/control.sock"
+from dsrlb.vocabulary import DEFAULT_CONTROL as DEFAULT_CONTROL  # re-exported for the daemon's modules
+from dsrlb.vocabulary import DEFAULTS
+from dsrlb.vocabulary import METHODS as METHODS
+from dsrlb.vocabulary import MODULES as MODULES
+
+_SET, _INTERFACE, _SERVER, _TARGET, _VRRP = (
+    DEFAULTS[kind] for kind in ("set", "interface", "server", "target", "vrrp")
+)
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,8 @@ class Position:
 class Interface:
     id: int
     name: str
-    access: str = "raw"
-    threads: int = 1
+    access: str = _INTERFACE["access"]
+    threads: int = _INTERFACE["threads"]
     registered: bool = False
     enabled: bool = False
 
@@ -68,7 +72,7 @@ class Target:
     protocol: str | None = None
     checks: tuple[HealthCheck, ...] = ()
     dsr: bool = False
-    weight: int = 1
+    weight: int = _TARGET["weight"]
     backup: bool = False
     registered: bool = False
     enabled: bool = False
@@ -85,8 +89,8 @@ class Server:
     port: int
     protocol: str  # "tcp" | "udp"
     targets: tuple[int, ...]
-    method: str = "maglev"
-    session: float = DEFAULT_SESSION_TIMEOUT  # idle timeout of the client-address session table
+    method: str = _SERVER["method"]
+    session: float = _SERVER["session"]  # idle timeout of the client-address session table
     registered: bool = False
     enabled: bool = False
 
@@ -100,20 +104,20 @@ class Vrrp:
     vrid: int
     priority: int
     network: int
-    advert_ms: int = 1000
-    preempt: bool = True
-    version: int = 3
+    advert_ms: int = _VRRP["advert"]
+    preempt: bool = _VRRP["preempt"]
+    version: int = _VRRP["version"]
 
 
 @dataclass(frozen=True)
 class Settings:
     """`set` keys. Unknown keys are config errors."""
 
-    control: str = DEFAULT_CONTROL  # control socket path
-    metrics: str = DEFAULT_METRICS  # "ADDR:PORT" or "off"
-    arprefresh: float = 30.0  # seconds between ARP refreshes of target MACs
-    arpexpire: float = 90.0  # a target MAC unanswered for this long is forgotten
-    drainidle: float = 5.0  # a draining target counts as drained after this idle time
+    control: str = _SET["control"]  # control socket path
+    metrics: str = _SET["metrics"]  # "ADDR:PORT" or "off"
+    arprefresh: float = _SET["arprefresh"]  # seconds between ARP refreshes of target MACs
+    arpexpire: float = _SET["arpexpire"]  # a target MAC unanswered for this long is forgotten
+    drainidle: float = _SET["drainidle"]  # a draining target counts as drained after this idle time
 
 
 @dataclass(frozen=True)
@@ -126,4 +130,5 @@ class Config:
     servers: dict[int, Server] = field(default_factory=dict)
     targets: dict[int, Target] = field(default_factory=dict)
     vrrp: Vrrp | None = None
+    comments: tuple[str, ...] = ()  # the `//` lines before the first statement, which `render` keeps
     warnings: tuple[str, ...] = ()  # "FILE:LINE:COL: warning: ..." lines (e.g. gateway in DSR mode)

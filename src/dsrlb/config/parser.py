@@ -8,7 +8,6 @@ an operator everything that is wrong in one run. A bad value never raises anythi
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import Any, NamedTuple
 
 from dsrlb.config import model
 from dsrlb.config.lexer import EOF, LBRACE, NEWLINE, RBRACE, STRING, WORD, Token, tokenize
+from dsrlb.vocabulary import ACCESS, CHECK_MODULES, DEFAULTS, HEALTH_CHECKS, METHODS, MODULES, PROTOCOLS
 
 MAX_ID = 65535
 MAX_SECONDS = 86400.0
@@ -81,7 +81,7 @@ def _suggest(word: str, choices: Any) -> str:
 
 
 def _ranges(ids: list[int]) -> str:
-    """Sorted ids as a list token; runs of three or more become ranges (1,2 stays 1,2)."""
+    """Ids as a list token, in their order; runs of three or more become ranges (1,2 stays 1,2)."""
     parts: list[str] = []
     start = 0
     for i in range(1, len(ids) + 1):
@@ -310,7 +310,7 @@ def _build_server(b: _Block, flags: dict[str, bool]) -> model.Server:
 
 def _build_target(b: _Block, flags: dict[str, bool]) -> model.Target:
     v = dict(b.values)
-    checks = tuple(v.pop(key) for key in list(v) if key in _CHECK_MODULES)
+    checks = tuple(v.pop(key) for key in HEALTH_CHECKS if key in v)  # in canonical order
     return model.Target(b.id, checks=checks, **v, **flags)
 
 
@@ -331,6 +331,7 @@ class _Kind:
     build: Callable[[_Block, dict[str, bool]], Any] | None = None
 
 
+_PROTOCOL = (f"protocol {'|'.join(PROTOCOLS)}", partial(_choice, choices=tuple(PROTOCOLS), what="protocol"))
 _KINDS: dict[str, _Kind] = {
     "set": _Kind(
         {
@@ -345,7 +346,7 @@ _KINDS: dict[str, _Kind] = {
     "interface": _Kind(
         {
             "name": ("name IFNAME", _ifname),
-            "access": ("access raw", partial(_choice, choices=("raw",), what="access")),
+            "access": (f"access {'|'.join(ACCESS)}", partial(_choice, choices=ACCESS, what="access")),
             "threads": ("threads 1..64", partial(_int, lo=1, hi=64, what="threads")),
         },
         required=("name",),
@@ -369,12 +370,9 @@ _KINDS: dict[str, _Kind] = {
         {
             "ipaddr": ("ipaddr ADDRESS", _host),
             "port": ("port 1..65535", _port),
-            "protocol": ("protocol tcp|udp", partial(_choice, choices=("tcp", "udp"), what="protocol")),
+            "protocol": _PROTOCOL,
             "targets": ("targets LIST", _target_list),
-            "method": (
-                f"method {'|'.join(model.METHODS)}",
-                partial(_choice, choices=model.METHODS, what="method"),
-            ),
+            "method": (f"method {'|'.join(METHODS)}", partial(_choice, choices=METHODS, what="method")),
             "session": ("session SECONDS", partial(_seconds, what="session")),
         },
         required=("ipaddr", "port", "protocol", "targets"),
@@ -385,7 +383,7 @@ _KINDS: dict[str, _Kind] = {
         {
             "ipaddr": ("ipaddr ADDRESS", _host),
             "port": ("port 1..65535", _port),
-            "protocol": ("protocol tcp|udp", partial(_choice, choices=("tcp", "udp"), what="protocol")),
+            "protocol": _PROTOCOL,
             "tcpopen": ("tcpopen PORT,INTERVAL,TIMEOUT", _tcpopen),
             "ping": ("ping INTERVAL,TIMEOUT", _ping),
             "http": ("http PORT,PATH,INTERVAL,TIMEOUT", _http),
@@ -418,7 +416,6 @@ _KINDS: dict[str, _Kind] = {
 }
 _BLOCKS = tuple(kind for kind in _KINDS if kind != "set")
 _STATEMENTS = ("modules", "set", *_BLOCKS, *_ACTIONS)
-_CHECK_MODULES = {"tcpopen": "hc", "http": "hc", "ping": "ping"}
 
 
 # --- parser ------------------------------------------------------------------------------------------
@@ -435,6 +432,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens, self.errors = tokenize(text)
         self.pos = 0
+        self.comments = _leading_comments(text, self.tokens)
         self.warnings: list[tuple[int, int, str]] = []
         self.modules: tuple[Token, set[str]] | None = None
         self.blocks: dict[str, dict[int | None, _Block]] = {kind: {} for kind in _BLOCKS}
@@ -515,14 +513,12 @@ class _Parser:
         self.modules = (head, have)
         if len(words) != 2:
             at = head if len(words) < 2 else words[2]
-            raise _Fail(
-                at, f"expected 'modules NAME,NAME,...' with names from {','.join(sorted(model.MODULES))}"
-            )
+            raise _Fail(at, f"expected 'modules NAME,NAME,...' with names from {','.join(MODULES)}")
         for el in _split(_item(words[1])):
-            if el.text in model.MODULES:
+            if el.text in MODULES:
                 have.add(el.text)
             else:
-                self._error(el, f"unknown module {_show(el.text)}{_suggest(el.text, model.MODULES)}")
+                self._error(el, f"unknown module {_show(el.text)}{_suggest(el.text, MODULES)}")
 
     def _set(self, words: list[Token]) -> None:
         if len(words) > 1:
@@ -667,7 +663,7 @@ class _Parser:
             for b in table.values():
                 if need and need not in have:
                     self._error(b.head, f"{kind} needs module '{need}': {hint}")
-                for key, module in _CHECK_MODULES.items():
+                for key, module in CHECK_MODULES.items():
                     if kind == "target" and key in b.keys and module not in have:
                         self._error(b.keys[key], f"'{key}' needs module '{module}': {hint}")
 
@@ -756,10 +752,18 @@ class _Parser:
             servers=objects("server"),
             targets=objects("target"),
             vrrp=_build_vrrp(vrrp) if vrrp else None,
+            comments=self.comments,
             warnings=tuple(
                 f"{source}:{line}:{col}: {message}" for line, col, message in sorted(self.warnings)
             ),
         )
+
+
+def _leading_comments(text: str, tokens: list[Token]) -> tuple[str, ...]:
+    """The comment lines above the first statement: a file's header (e.g. "managed by Ansible"), which
+    `render` keeps so that a written file and its canonical form can be the same bytes."""
+    first = next(tok for tok in tokens if tok.kind != NEWLINE)
+    return tuple(line.strip() for line in text.split("\n")[: first.line - 1] if line.strip())
 
 
 def _item(tok: Token) -> _Item:
@@ -816,113 +820,118 @@ def _word(text: str) -> str:
 
 
 def _num(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:.3f}".rstrip("0")
+    return str(int(value)) if value == int(value) else repr(value)
 
 
 def _check_text(check: model.HealthCheck) -> str:
     timing = f"{_num(check.interval)},{_num(check.timeout)}"
     if check.kind == "ping":
-        return f"ping {timing}"
+        return timing
     if check.kind == "http":
-        return f"http {_word(f'{check.port},{check.path},{timing}')}"
-    return f"tcpopen {check.port},{timing}"
+        return _word(f"{check.port},{check.path},{timing}")
+    return f"{check.port},{timing}"
 
 
-def _block_text(head: str, lines: list[str | None]) -> list[str]:
-    return ["", f"{head} {{", *(f"    {line}" for line in lines if line is not None), "}"]
+_Key = tuple[str, Any, str]  # key, model value (None: left out), text
+
+
+def _plain(obj: Any, *names: str) -> list[_Key]:
+    return [(name, getattr(obj, name), str(getattr(obj, name))) for name in names]
+
+
+def _interface_keys(ifc: model.Interface) -> list[_Key]:
+    return [
+        ("name", ifc.name, _word(ifc.name)),
+        ("access", ifc.access, _word(ifc.access)),
+        *_plain(ifc, "threads"),
+    ]
+
+
+def _network_keys(net: model.Network) -> list[_Key]:
+    return [
+        ("name", net.name, _word(net.name)),
+        ("addr", net.network, str(net.network.network_address)),
+        ("mask", net.network, str(net.network.netmask)),
+        *_plain(net, "real", "virt", "interface"),
+    ]
+
+
+def _server_keys(srv: model.Server) -> list[_Key]:
+    return [
+        *_plain(srv, "ipaddr", "port", "protocol"),
+        ("targets", srv.targets, _ranges(list(srv.targets))),
+        ("method", srv.method, srv.method),
+        ("session", srv.session, _num(srv.session)),
+    ]
+
+
+def _target_keys(tgt: model.Target) -> list[_Key]:
+    return [
+        *_plain(tgt, "ipaddr", "port", "protocol"),
+        *((check.kind, check, _check_text(check)) for check in tgt.checks),
+        ("dsr", tgt.dsr or None, "enable"),
+        *_plain(tgt, "weight"),
+        ("backup", tgt.backup or None, ""),
+    ]
+
+
+def _vrrp_keys(vrrp: model.Vrrp) -> list[_Key]:
+    return [
+        *_plain(vrrp, "vrid", "priority", "network"),
+        ("advert", vrrp.advert_ms, str(vrrp.advert_ms)),
+        ("preempt", vrrp.preempt, "on" if vrrp.preempt else "off"),
+        *_plain(vrrp, "version"),
+    ]
+
+
+def _block_text(head: str, kind: str, keys: list[_Key]) -> list[str]:
+    """A blank line, then the block with the keys that are set and differ from their default."""
+    default = DEFAULTS.get(kind, {})
+    lines = [
+        f"    {key} {text}".rstrip() for key, value, text in keys if value not in (None, default.get(key))
+    ]
+    return ["", f"{head} {{", *lines, "}"]
+
+
+def _flag_lines(kind: str, table: dict[int, Any]) -> list[str]:
+    lines = []
+    for verb, flag in (("register", "registered"), ("enable", "enabled")):
+        ids = sorted(i for i, obj in table.items() if getattr(obj, flag))
+        if ids:
+            lines.append(f"{verb} {kind if len(ids) == 1 else kind + 's'} {_ranges(ids)}")
+    return lines
 
 
 def render(config: model.Config) -> str:
     """Canonical config text for `config`; `parse_text(render(c))` equals `c` up to source and warnings.
 
-    Format, in this order, so that equal configs give equal text (the Ansible module writes the same):
-    `modules` with sorted names; one `set KEY VALUE` line per setting that differs from its default;
-    then a blank line before each block: interfaces, networks, servers, targets (each by id), vrrp.
-    Blocks hold one `key value` per line, indented by four spaces, in the order of the language
-    reference; optional keys appear only when they differ from their default (`dsr enable` when set).
-    Masks are dotted, seconds are written without a fraction when whole. Last, after a blank line, per
-    kind (interface, network, server, target): `register` then `enable`, each with the sorted ids of
-    the objects that have the flag (singular kind for one id, plural with `1,2` / `1-4` lists otherwise).
-    Strings are bare words when possible, else quoted; a string with `"` or a line break is a ValueError.
+    Equal configs give equal text, and the Ansible module (plugins/module_utils/config_render.py)
+    writes the same bytes for the same objects (tests/contract checks both). In this order: the
+    leading `//` comment lines (stripped); `modules` in the order of `vocabulary.MODULES`; one
+    `set KEY VALUE` line per setting that differs from its default; per kind (interface, network,
+    server, target) each block by id, preceded by a blank line, then `register` and `enable` with the
+    sorted ids of the objects that have the flag (singular kind for one id, plural with `1,2` / `1-4`
+    lists otherwise); last the vrrp block. Blocks hold one `key value` per line, indented by four
+    spaces, in the order of the language reference, health checks as tcpopen, ping, http; optional keys
+    appear only when they differ from their default in `vocabulary.DEFAULTS` (`dsr enable` and `backup`
+    when set). Masks are dotted, id lists use ranges for runs of three or more, seconds are written
+    without a fraction when whole. Strings are bare words when possible, else quoted; a string with `"`
+    or a line break is a ValueError.
     """
-    out = [f"modules {','.join(sorted(config.modules))}"]
-    defaults = model.Settings()
-    for f in dataclasses.fields(model.Settings):
-        value = getattr(config.settings, f.name)
-        if value != getattr(defaults, f.name):
-            out.append(f"set {f.name} {_word(value) if isinstance(value, str) else _num(value)}")
-    for i in sorted(config.interfaces):
-        ifc = config.interfaces[i]
-        out += _block_text(
-            f"interface {i}",
-            [
-                f"name {_word(ifc.name)}",
-                f"access {_word(ifc.access)}" if ifc.access != "raw" else None,
-                f"threads {ifc.threads}" if ifc.threads != 1 else None,
-            ],
-        )
-    for i in sorted(config.networks):
-        net = config.networks[i]
-        out += _block_text(
-            f"network {i}",
-            [
-                f"name {_word(net.name)}" if net.name else None,
-                f"addr {net.network.network_address}",
-                f"mask {net.network.netmask}",
-                f"real {net.real}",
-                f"virt {net.virt}" if net.virt else None,
-                f"interface {net.interface}",
-            ],
-        )
-    for i in sorted(config.servers):
-        srv = config.servers[i]
-        out += _block_text(
-            f"server {i}",
-            [
-                f"ipaddr {srv.ipaddr}",
-                f"port {srv.port}",
-                f"protocol {srv.protocol}",
-                f"targets {','.join(map(str, srv.targets))}",
-                f"method {srv.method}" if srv.method != model.METHODS[0] else None,
-                f"session {_num(srv.session)}" if srv.session != model.DEFAULT_SESSION_TIMEOUT else None,
-            ],
-        )
-    for i in sorted(config.targets):
-        tgt = config.targets[i]
-        out += _block_text(
-            f"target {i}",
-            [
-                f"ipaddr {tgt.ipaddr}",
-                f"port {tgt.port}" if tgt.port is not None else None,
-                f"protocol {tgt.protocol}" if tgt.protocol is not None else None,
-                *(_check_text(check) for check in tgt.checks),
-                "dsr enable" if tgt.dsr else None,
-                f"weight {tgt.weight}" if tgt.weight != 1 else None,
-                "backup" if tgt.backup else None,
-            ],
-        )
-    if config.vrrp:
-        vr, default = config.vrrp, model.Vrrp(0, 0, 0)
-        out += _block_text(
-            "vrrp",
-            [
-                f"vrid {vr.vrid}",
-                f"priority {vr.priority}",
-                f"network {vr.network}",
-                f"advert {vr.advert_ms}" if vr.advert_ms != default.advert_ms else None,
-                f"preempt {'on' if vr.preempt else 'off'}" if vr.preempt != default.preempt else None,
-                f"version {vr.version}" if vr.version != default.version else None,
-            ],
-        )
-    out.append("")
-    for kind, table in (
-        ("interface", config.interfaces),
-        ("network", config.networks),
-        ("server", config.servers),
-        ("target", config.targets),
+    out = [*config.comments, f"modules {','.join(name for name in MODULES if name in config.modules)}"]
+    for key, default in DEFAULTS["set"].items():
+        value = getattr(config.settings, key)
+        if value != default:
+            out.append(f"set {key} {_word(value) if isinstance(value, str) else _num(value)}")
+    for kind, table, keys in (
+        ("interface", config.interfaces, _interface_keys),
+        ("network", config.networks, _network_keys),
+        ("server", config.servers, _server_keys),
+        ("target", config.targets, _target_keys),
     ):
-        for verb, flag in (("register", "registered"), ("enable", "enabled")):
-            ids = sorted(i for i, obj in table.items() if getattr(obj, flag))
-            if ids:
-                out.append(f"{verb} {kind if len(ids) == 1 else kind + 's'} {_ranges(ids)}")
+        for i in sorted(table):
+            out += _block_text(f"{kind} {i}", kind, keys(table[i]))
+        out += _flag_lines(kind, table)
+    if config.vrrp:
+        out += _block_text("vrrp", "vrrp", _vrrp_keys(config.vrrp))
     return "\n".join(out) + "\n"

@@ -17,7 +17,7 @@ from dsrlb.config.model import Config, HealthCheck, Settings
 from dsrlb.config.parser import ConfigError, parse_file, parse_text, render
 
 CONFIGS = Path(__file__).parent / "configs"
-SEED_PATH = CONFIGS / "dsr-example.conf"
+SEED_PATH = Path(__file__).resolve().parents[3] / "examples" / "dsr-example.conf"
 SEED = SEED_PATH.read_text()
 DSRLB = Path(sys.executable).parent / "dsrlb"
 
@@ -100,9 +100,9 @@ def test_full_config_every_feature():
     assert (config.servers[1].method, config.servers[1].session) == ("rr", 30.25)
     assert (config.servers[2].protocol, config.servers[2].session) == ("udp", 600.0)
     t1 = config.targets[1]
-    assert t1.checks == (
-        HealthCheck("http", 2.0, 6.0, port=80, path="/health?a=1,b=2"),
+    assert t1.checks == (  # in canonical order (tcpopen, ping, http), whatever the file's order
         HealthCheck("ping", 1.0, 3.0),
+        HealthCheck("http", 2.0, 6.0, port=80, path="/health?a=1,b=2"),
     )
     assert t1.weight == 5 and not t1.backup
     assert config.targets[2].port is None and config.targets[2].protocol == "udp"
@@ -202,6 +202,29 @@ CASES = {
             )
         ),
         ["<string>:22:16: port 65536 is out of range 1..65535"],
+    ),
+    "ports of targets and health checks": (
+        seed(
+            (
+                "          port 80\n          protocol tcp\n          targets",
+                "          port 70000\n    protocol tcp\n  targets",
+            ),
+            (
+                "ipaddr 172.16.1.100\n          port 80\n          protocol tcp\n          tcpopen 80,3,10\n",
+                "ipaddr 172.16.1.100\n port 0\n protocol tcp\n tcpopen 70000,3,10\n http 0,/,3,10\n",
+            ),
+            (
+                "    tcpopen 80,3,10\n          dsr enable\n}\nregister",
+                " http 99999999999,/,3,10\n dsr enable\n}\nregister",
+            ),
+        ),
+        [
+            "<string>:22:16: port 70000 is out of range 1..65535",
+            "<string>:30:7: port 0 is out of range 1..65535",
+            "<string>:32:10: port 70000 is out of range 1..65535",
+            "<string>:33:7: port 0 is out of range 1..65535",
+            "<string>:40:13: bad port '99999999999': expected a whole number 1..65535",
+        ],
     ),
     "bad number": (
         seed(
@@ -563,9 +586,9 @@ def test_unreadable_and_binary_files(tmp_path):
 # --- render ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["dsr-example.conf", "full.conf"])
-def test_render_round_trip(name):
-    config = parse_file(str(CONFIGS / name))
+@pytest.mark.parametrize("path", [SEED_PATH, CONFIGS / "full.conf"], ids=lambda p: p.name)
+def test_render_round_trip(path):
+    config = parse_file(str(path))
     text = render(config)
     again = parse_text(text)
     assert same(again, config)
@@ -574,18 +597,28 @@ def test_render_round_trip(name):
 
 def test_render_seed_is_readable_balanceng():
     assert render(parse_text(SEED)) == (
-        "modules arp,hc,master,nat,ping,rt,slb,tnat,vrrp\n"
-        "\ninterface 1 {\n    name eth0\n}\n"
+        "// configuration taken ...\n// BalanceNG ...\n"
+        "modules vrrp,arp,ping,hc,master,slb,tnat,nat,rt\n"
+        "\ninterface 1 {\n    name eth0\n}\nregister interface 1\nenable interface 1\n"
         '\nnetwork 1 {\n    name "local network"\n    addr 172.16.1.0\n    mask 255.255.255.0\n'
         "    real 172.16.1.252\n    virt 172.16.1.253\n    interface 1\n}\n"
+        "register network 1\nenable network 1\n"
         "\nserver 1 {\n    ipaddr 172.16.1.10\n    port 80\n    protocol tcp\n    targets 1,2\n}\n"
+        "register server 1\nenable server 1\n"
         "\ntarget 1 {\n    ipaddr 172.16.1.100\n    port 80\n    protocol tcp\n    tcpopen 80,3,10\n"
         "    dsr enable\n}\n"
         "\ntarget 2 {\n    ipaddr 172.16.1.101\n    port 80\n    protocol tcp\n    tcpopen 80,3,10\n"
-        "    dsr enable\n}\n"
-        "\nregister interface 1\nenable interface 1\nregister network 1\nenable network 1\n"
-        "register server 1\nenable server 1\nregister targets 1,2\nenable targets 1,2\n"
+        "    dsr enable\n}\nregister targets 1,2\nenable targets 1,2\n"
     )
+
+
+def test_render_keeps_the_leading_comments_only():
+    """The comment lines above the first statement are the file's header (e.g. "managed by Ansible"):
+    canonical text keeps them, stripped, and drops every other comment."""
+    config = parse_text("\n  // managed by Ansible \n\n//\tsecond\nmodules slb // why\n// later\n")
+    assert config.comments == ("// managed by Ansible", "//\tsecond")
+    assert render(config) == "// managed by Ansible\n//\tsecond\nmodules slb\n"
+    assert parse_text("modules slb\n// after\n").comments == ()
 
 
 def test_render_quotes_what_needs_it():
@@ -668,10 +701,10 @@ def _mutate(rng: random.Random, text: str) -> str:
     return "".join(tokens)
 
 
-@pytest.mark.parametrize("base", ["dsr-example.conf", "full.conf"])
+@pytest.mark.parametrize("base", [SEED_PATH, CONFIGS / "full.conf"], ids=lambda p: p.name)
 def test_fuzz_never_a_traceback(base):
     rng = random.Random(20240601)
-    original = (CONFIGS / base).read_text()
+    original = base.read_text()
     outcomes = {"ok": 0, "error": 0}
     for _ in range(300):
         text = _mutate(rng, original)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.dsrlb.fleet.plugins.modules.balancer_config import main
+import yaml
+from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import (
+    ACCESS,
+    METHODS,
+    MODULES,
+    PROTOCOLS,
+)
+from ansible_collections.dsrlb.fleet.plugins.modules.balancer_config import DOCUMENTATION, argument_spec, main
 
 SERVERS = [dict(id=1, ipaddr="172.16.1.10", port=80, protocol="tcp", targets=[1, 2])]
 TARGETS = [
@@ -128,3 +135,22 @@ def test_bad_data_fails_before_touching_anything(tmp_path, run_module):
 def test_missing_directory(tmp_path, run_module):
     result, failed = run_module(main, args(tmp_path, path=str(tmp_path / "etc" / "dsrlb.conf")))
     assert failed and f"directory {tmp_path}/etc does not exist" in result["msg"]
+
+
+@pytest.mark.parametrize(
+    "option, words",
+    [
+        ("modules", MODULES),
+        ("interfaces.access", ACCESS),
+        ("servers.protocol", PROTOCOLS),
+        ("servers.method", METHODS),
+        ("targets.protocol", PROTOCOLS),
+    ],
+)
+def test_choices_are_the_vocabulary(option, words):
+    """validate-modules holds the documented choices equal to the argspec's; this holds both to the
+    vocabulary, from which the argspec takes them."""
+    doc, spec = yaml.safe_load(DOCUMENTATION)["options"], argument_spec()
+    for name in option.split("."):
+        doc, spec = doc.get("suboptions", doc)[name], spec.get("options", spec)[name]
+    assert doc["choices"] == spec["choices"] == list(words)
