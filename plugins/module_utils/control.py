@@ -13,10 +13,16 @@ import json
 import socket
 import typing as t
 
-DEFAULT_CONTROL_SOCKET = "/run/dsrlb/control.sock"
+from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import (
+    DEFAULT_CONTROL,
+    SHOW_VIEWS,
+    TARGET_ACTIONS,
+)
+
+# The daemon's words (vocabulary.py is generated from dsrlb's), under the names the modules import.
+DEFAULT_CONTROL_SOCKET = DEFAULT_CONTROL
+SHOW_WHAT = SHOW_VIEWS
 DEFAULT_TIMEOUT = 10.0
-SHOW_WHAT = ("servers", "targets", "sessions", "stats", "vrrp")
-TARGET_ACTIONS = ("enable", "disable", "drain")
 
 
 class ControlError(Exception):

@@ -264,6 +264,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.files
+  - dsrlb.fleet.control.action_group
 attributes:
   check_mode:
     support: full

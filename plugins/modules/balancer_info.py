@@ -15,10 +15,6 @@ description:
 author:
   - dsrlb developers (@dsrlb)
 options:
-  control_socket:
-    description: The daemon's control socket (C(set control) in its config).
-    type: path
-    default: /run/dsrlb/control.sock
   gather:
     description: What to ask for; everything by default.
     type: list
@@ -27,6 +23,8 @@ options:
     default: [servers, targets, sessions, stats, vrrp]
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - dsrlb.fleet.control
+  - dsrlb.fleet.control.action_group
 attributes:
   check_mode:
     support: full

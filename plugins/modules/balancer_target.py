@@ -40,12 +40,10 @@ options:
     description: Seconds between two looks at the target while waiting.
     type: float
     default: 1.0
-  control_socket:
-    description: The daemon's control socket (C(set control) in its config).
-    type: path
-    default: /run/dsrlb/control.sock
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - dsrlb.fleet.control
+  - dsrlb.fleet.control.action_group
 attributes:
   check_mode:
     support: full

@@ -1,9 +1,9 @@
 """Plain data produced by the config parser and consumed by everything else.
 
-Nothing outside `dsrlb.config.parser` knows the config syntax; the daemon, the data plane and the
-Ansible modules only see these frozen dataclasses. Only objects that are both registered and enabled
-serve traffic: the parser keeps them all and records the two flags. Defaults of optional keys come
-from `dsrlb.vocabulary`, where the collection's config writer finds them too.
+Nothing outside `dsrlb.config.parser` knows the config syntax: the control plane sees these frozen
+dataclasses, the data plane only the ForwardingTable built from them (`dsrlb.tables`). Only objects
+that are both registered and enabled serve traffic: the parser keeps them all and records the two
+flags. Defaults of optional keys come from `dsrlb.vocabulary`, as for the collection's config writer.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from dsrlb.vocabulary import DEFAULT_CONTROL as DEFAULT_CONTROL  # re-exported for the daemon's modules
 from dsrlb.vocabulary import DEFAULTS
-from dsrlb.vocabulary import METHODS as METHODS
-from dsrlb.vocabulary import MODULES as MODULES
 
 _SET, _INTERFACE, _SERVER, _TARGET, _VRRP = (
     DEFAULTS[kind] for kind in ("set", "interface", "server", "target", "vrrp")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -48,6 +49,22 @@ def test_independent_of_input_order_and_ids():
     # ids are labels only: the same keys under other ids give the same slots
     renumbered = {tid + 1000: value for tid, value in forward.items()}
     assert [tid + 1000 for tid in build_table(forward)] == list(build_table(renumbered))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_shuffled_ids_give_the_same_slots_per_key(seed):
+    """Two balancers may number the same targets differently (config order, history): slots must follow
+    the keys, so a permutation of the ids (not a monotonic renumbering) still gives the same table."""
+    ours = backends(100)
+    ids = list(ours)
+    random.Random(seed).shuffle(ids)
+    theirs = dict(zip(ids, ours.values(), strict=True))
+    key_of = {tid: key for tid, (key, _) in ours.items()}
+    their_key_of = {tid: key for tid, (key, _) in theirs.items()}
+    mine = [key_of[tid] for tid in build_table(ours)]
+    other = [their_key_of[tid] for tid in build_table(theirs)]
+    disagree = sum(1 for a, b in zip(mine, other, strict=True) if a != b)
+    assert disagree == 0, f"{disagree} of {TABLE_SIZE} buckets send clients to another target"
 
 
 def test_same_table_in_other_processes():

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from dsrlb.config.model import METHODS
 from dsrlb.selection import Candidate, Selector
+from dsrlb.vocabulary import METHODS
 
 
 def clients(n: int) -> list[bytes]:
@@ -54,6 +54,22 @@ def test_client_methods_follow_weights_and_are_stable(method):
     other = Selector(method, list(reversed(WEIGHTED)) if method == "maglev" else WEIGHTED)
     assert [other.pick(client) for client in clients(30000)] == picks
     assert {selector.pick(b"\xc6\x12\x00\x0a") for _ in range(100)} == {picks[10]}
+
+
+def test_maglev_agrees_across_balancers_that_number_targets_differently():
+    """A VRRP backup taking over must send each client to the same target (by key) as the old master,
+    even when the two daemons gave the targets other ids in another order."""
+    keys = [f"172.16.{i // 200}.{i % 200 + 1}:80" for i in range(100)]
+    ids = list(range(1, 101))
+    random.Random(5).shuffle(ids)
+    master = Selector("maglev", [Candidate(i + 1, key) for i, key in enumerate(keys)])
+    backup = Selector(
+        "maglev", [Candidate(tid, key) for tid, key in reversed(list(zip(ids, keys, strict=True)))]
+    )
+    key_on_master = {c.id: c.key for c in master.active}
+    key_on_backup = {c.id: c.key for c in backup.active}
+    moved = [c for c in clients(20000) if key_on_master[master.pick(c)] != key_on_backup[backup.pick(c)]]
+    assert len(moved) == 0, f"{len(moved)} of 20000 clients land on another target after a failover"
 
 
 def test_maglev_keeps_clients_of_surviving_targets():

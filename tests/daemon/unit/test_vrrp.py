@@ -4,7 +4,7 @@ three routers wired to each other through an in-process segment and real asyncio
 from __future__ import annotations
 
 import asyncio
-import time
+import selectors
 from ipaddress import IPv4Address
 
 import pytest
@@ -90,7 +90,7 @@ class Segment:
                     asyncio.get_running_loop().call_soon(other.receive, frame)
 
         def on_state(state: str) -> None:
-            self.masters_log.append((time.monotonic(), name, state))
+            self.masters_log.append((asyncio.get_running_loop().time(), name, state))
 
         router = VrrpRouter(cfg, IPv4Address(source), ADDRS, MAC, send, on_state, lambda: None, lambda: ready)
         router.name = name  # type: ignore[attr-defined]
@@ -105,6 +105,36 @@ def run(coro):  # noqa: ANN001, ANN201 - tiny helper for the async scenarios bel
     return asyncio.run(coro)
 
 
+class _NoWaitSelector(selectors.SelectSelector):
+    """Instead of sleeping until the next timer, moves the loop's clock there."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list:
+        ready = super().select(0)
+        if not ready and timeout:
+            self.loop.now += timeout
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on simulated time: seconds of VRRP timers run in milliseconds, in a fixed order."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(_NoWaitSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def run_simulated(coro):  # noqa: ANN001, ANN201
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(coro)
+
+
 def test_higher_priority_wins_and_backup_takes_over_when_master_dies() -> None:
     async def scenario() -> None:
         seg = Segment()
@@ -116,10 +146,10 @@ def test_higher_priority_wins_and_backup_takes_over_when_master_dies() -> None:
         assert seg.masters() == ["a"] and b.state == BACKUP
         seg.routers.remove(a)  # a dies silently (kill -9): no more adverts
         a._cancel()
-        died = time.monotonic()
+        died = asyncio.get_running_loop().time()
         while b.state != MASTER:
             await asyncio.sleep(0.005)
-        took = time.monotonic() - died
+        took = asyncio.get_running_loop().time() - died
         assert took <= b.master_down_interval() + 0.1
 
     run(scenario())
@@ -134,12 +164,12 @@ def test_priority_zero_hands_over_within_skew_time() -> None:
         b.start()
         await asyncio.sleep(0.6)
         assert seg.masters() == ["a"]
-        t = time.monotonic()
+        t = asyncio.get_running_loop().time()
         a.shutdown()
         assert a.state == INIT
         while b.state != MASTER:
             await asyncio.sleep(0.002)
-        assert time.monotonic() - t < b.skew() + 0.05 < b.master_down_interval()
+        assert asyncio.get_running_loop().time() - t < b.skew() + 0.05 < b.master_down_interval()
 
     run(scenario())
 
@@ -185,6 +215,45 @@ def test_equal_priority_higher_address_wins() -> None:
         assert seg.masters() == ["a"]
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("a", "b"), ("b", "a"), ("both", "")],
+    ids=["backup-lower-address", "backup-higher-address", "start-together"],
+)
+def test_equal_priority_is_stable_over_time(first: str, second: str) -> None:
+    """RFC 5798 6.4.2: a backup resets its Master_Down_Timer on adverts of priority >= its own. If it
+    only did so on higher priority, an equal-priority backup would time out, become master and be
+    pushed back, over and over: sampling the master once does not see that, counting transitions does."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        seg = Segment()
+        routers = {"a": seg.add("a", 100, "172.16.1.252"), "b": seg.add("b", 100, "172.16.1.251")}
+        for router in routers.values():
+            router._clock = loop.time
+        if first == "both":
+            routers["b"].start()
+            routers["a"].start()
+            expected = "a"  # two masters meet: the higher address wins
+        else:
+            routers[first].start()
+            await asyncio.sleep(0.5)
+            assert seg.masters() == [first]
+            routers[second].start()
+            expected = first  # an equal-priority backup does not preempt
+        settled = loop.time() + 1.0
+        await asyncio.sleep(10)
+        late = [entry for entry in seg.masters_log if entry[0] > settled]
+        assert late == [], f"{len(late)} state changes after the first second: {late[:4]}"
+        assert seg.masters() == [expected]
+        # init -> backup (-> master); starting together both may time out at once, the loser steps back
+        limit = 3 if first == "both" else 2
+        assert all(router.counters.transitions <= limit for router in routers.values()), seg.masters_log
+        assert routers[expected].counters.sent >= 10 / routers[expected].advert_interval - 2
+
+    run_simulated(scenario())
 
 
 def test_split_brain_heals_to_one_master_and_reasserts() -> None:

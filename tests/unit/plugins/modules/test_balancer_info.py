@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ansible_collections.dsrlb.fleet.plugins.modules import balancer_info
 from ansible_collections.dsrlb.fleet.plugins.modules.balancer_info import main
 
 
@@ -26,3 +27,9 @@ def test_gather_subset(control, run_module):
 def test_no_daemon(tmp_path, run_module):
     result, failed = run_module(main, dict(control_socket=str(tmp_path / "none.sock")))
     assert failed and "start the daemon" in result["msg"]
+
+
+def test_default_socket_is_module_utils_constant(control, run_module, monkeypatch):
+    monkeypatch.setattr(balancer_info, "DEFAULT_CONTROL_SOCKET", control.path)
+    result, failed = run_module(main, dict(gather=["vrrp"]))
+    assert not failed and result["vrrp"] == {"state": "master"}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ansible_collections.dsrlb.fleet.plugins.modules import balancer_target
 from ansible_collections.dsrlb.fleet.plugins.modules.balancer_target import main
 
 
@@ -55,3 +56,9 @@ def test_unknown_target_lists_the_known_ones(control, run_module):
 def test_no_daemon(tmp_path, run_module):
     result, failed = run_module(main, dict(id=1, control_socket=str(tmp_path / "none.sock")))
     assert failed and "no dsrlb daemon listens on" in result["msg"]
+
+
+def test_default_socket_is_module_utils_constant(control, run_module, monkeypatch):
+    monkeypatch.setattr(balancer_target, "DEFAULT_CONTROL_SOCKET", control.path)
+    result, failed = run_module(main, dict(id=2, state="disabled"))
+    assert not failed and result["admin"] == "disabled"

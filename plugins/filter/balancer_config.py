@@ -1,0 +1,149 @@
+# Copyright: (c) 2025, dsrlb developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The balancer role's inventory shaped into the networks, servers and targets of balancer_config.
+
+In Python rather than in role vars so that the numbering of targets across servers and hosts, the
+defaults and the checks of each item can be read and unit-tested; the documentation is in
+balancer_config.yml next to this file.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Mapping, Sequence
+
+from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
+
+# Health check type -> its parameters with their defaults, in the order of the config statement's
+# arguments; a port of None means the virtual server's port.
+CHECK_DEFAULTS: dict[str, tuple[tuple[str, t.Any], ...]] = {
+    "tcpopen": (("port", None), ("interval", 3), ("timeout", 10)),
+    "ping": (("interval", 1), ("timeout", 5)),
+    "http": (("port", None), ("path", "/"), ("interval", 3), ("timeout", 10)),
+}
+
+
+def _items(value: t.Any, what: str, required: tuple[str, ...]) -> list[Mapping[str, t.Any]]:
+    """A non-empty list of mappings that have the required keys, sorted by id as the config is."""
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise AnsibleFilterError(f"{what}: a non-empty list is needed, got {value!r}")
+    for index, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise AnsibleFilterError(f"{what}[{index}] is not a dictionary: {item!r}")
+        missing = [key for key in required if key not in item]
+        if missing:
+            raise AnsibleFilterError(
+                f"{what}[{index}] has no {', '.join(missing)}: each needs {', '.join(required)}"
+            )
+    try:
+        return sorted(value, key=lambda item: item["id"])
+    except TypeError as err:
+        raise AnsibleFilterError(f"{what}: the ids cannot be ordered ({err})") from None
+
+
+def _health(server: Mapping[str, t.Any]) -> dict[str, list[t.Any]]:
+    """The target's health check option (e.g. {tcpopen: [port, interval, timeout]}) from the server's."""
+    health = server.get("health") or {}
+    if not isinstance(health, Mapping):
+        raise AnsibleFilterError(f"server {server['id']}: health is not a dictionary: {health!r}")
+    if not health:
+        return {}
+    kind = health.get("type")
+    if kind not in CHECK_DEFAULTS:
+        raise AnsibleFilterError(
+            f"server {server['id']}: health type {kind!r} is not one of {', '.join(CHECK_DEFAULTS)}"
+        )
+    return {
+        kind: [
+            health.get(name, server["port"] if name == "port" else default)
+            for name, default in CHECK_DEFAULTS[kind]
+        ]
+    }
+
+
+def _host_var(host: str, hv: Mapping[str, t.Any], name: str, default: t.Any, convert: t.Callable) -> t.Any:
+    """A target host's variable converted as the role's Jinja did (`| int`, `| bool`), named on failure."""
+    value = hv.get(name, default)
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        message = f"target host {host}: {name} is not a valid {convert.__name__}: {value!r}"
+        raise AnsibleFilterError(message) from None
+
+
+def _targets(
+    servers: list[Mapping[str, t.Any]], target_hosts: Sequence[str], hostvars: Mapping[str, t.Any]
+) -> list[list[dict[str, t.Any]]]:
+    """Per server its targets, one per host serving it, numbered 1.. by server, then in host order."""
+    served = []
+    number = 0
+    for server in servers:
+        health = _health(server)
+        targets = []
+        for host in target_hosts:
+            hv = hostvars[host]
+            only = hv.get("dsrlb_target_servers")
+            if only is not None and server["id"] not in only:
+                continue
+            number += 1
+            targets.append(
+                {
+                    "id": number,
+                    "ipaddr": hv.get("dsrlb_target_address", hv.get("ansible_host", host)),
+                    "port": server["port"],
+                    "protocol": server.get("protocol", "tcp"),
+                    "weight": _host_var(host, hv, "dsrlb_target_weight", 1, int),
+                    "backup": _host_var(host, hv, "dsrlb_target_backup", False, boolean),
+                    **health,
+                }
+            )
+        served.append(targets)
+    return served
+
+
+def _network(net: Mapping[str, t.Any], real: str | None) -> dict[str, t.Any]:
+    """A network on the role's one interface, with the balancer's own address unless it has its own."""
+    network = {"id": net["id"], "addr": net["addr"], "real": net.get("real", real), "interface": 1}
+    if network["real"] is None:
+        raise AnsibleFilterError(
+            f"network {net['id']} has no real address: give the balancer's own address (real, the "
+            "role's host var dsrlb_real) or the network's real"
+        )
+    return network | {key: net[key] for key in ("name", "mask", "virt") if key in net}
+
+
+def _server(server: Mapping[str, t.Any], targets: list[dict[str, t.Any]]) -> dict[str, t.Any]:
+    """A virtual server with the ids of its targets; method and session only when given."""
+    return {
+        "id": server["id"],
+        "ipaddr": server["vip"],
+        "port": server["port"],
+        "protocol": server.get("protocol", "tcp"),
+        "targets": [target["id"] for target in targets],
+    } | {key: server[key] for key in ("method", "session") if key in server}
+
+
+def balancer_config(
+    servers: t.Any,
+    networks: t.Any,
+    target_hosts: Sequence[str],
+    hostvars: Mapping[str, t.Any],
+    real: str | None = None,
+) -> dict[str, list[dict[str, t.Any]]]:
+    """The networks, servers and targets options of the dsrlb.fleet.balancer_config module."""
+    networks = _items(networks, "networks", ("id", "addr"))
+    servers = _items(servers, "servers", ("id", "vip", "port"))
+    served = _targets(servers, target_hosts, hostvars)
+    return {
+        "networks": [_network(net, real) for net in networks],
+        "servers": [_server(server, targets) for server, targets in zip(servers, served, strict=True)],
+        "targets": [target for targets in served for target in targets],
+    }
+
+
+class FilterModule:
+    """Ansible's entry point: filter name -> function."""
+
+    def filters(self) -> dict[str, t.Callable]:
+        return {"balancer_config": balancer_config}

@@ -1,0 +1,193 @@
+# Copyright: (c) 2025, dsrlb developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import pytest
+from ansible.errors import AnsibleFilterError
+from ansible_collections.dsrlb.fleet.plugins.filter.balancer_config import (
+    CHECK_DEFAULTS,
+    FilterModule,
+    balancer_config,
+)
+from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import HEALTH_CHECKS
+
+NETWORKS = [{"id": 1, "addr": "172.16.1.0/24"}]
+HOSTVARS = {
+    "web1": {"dsrlb_target_address": "172.16.1.100"},
+    "web2": {"ansible_host": "172.16.1.101"},
+    "web3": {},
+}
+
+
+def config(servers, networks=None, hosts=("web1", "web2"), hostvars=None, real="172.16.1.252"):
+    return balancer_config(
+        servers,
+        networks=networks or NETWORKS,
+        target_hosts=list(hosts),
+        hostvars=hostvars or HOSTVARS,
+        real=real,
+    )
+
+
+def test_registered_under_its_name():
+    assert FilterModule().filters() == {"balancer_config": balancer_config}
+
+
+def test_one_server_gets_a_target_per_host_with_defaults():
+    result = config([{"id": 1, "vip": "172.16.1.10", "port": 80}], hosts=("web1", "web2", "web3"))
+    assert result == {
+        "networks": [{"id": 1, "addr": "172.16.1.0/24", "real": "172.16.1.252", "interface": 1}],
+        "servers": [{"id": 1, "ipaddr": "172.16.1.10", "port": 80, "protocol": "tcp", "targets": [1, 2, 3]}],
+        "targets": [
+            {"id": 1, "ipaddr": "172.16.1.100", "port": 80, "protocol": "tcp", "weight": 1, "backup": False},
+            {"id": 2, "ipaddr": "172.16.1.101", "port": 80, "protocol": "tcp", "weight": 1, "backup": False},
+            {"id": 3, "ipaddr": "web3", "port": 80, "protocol": "tcp", "weight": 1, "backup": False},
+        ],
+    }
+
+
+def test_targets_are_numbered_by_server_id_then_host_order():
+    servers = [
+        {"id": 7, "vip": "172.16.1.11", "port": 53, "protocol": "udp"},
+        {"id": 2, "vip": "172.16.1.10", "port": 80},
+    ]
+    result = config(servers, hosts=("web2", "web1"))
+    assert [(s["id"], s["targets"]) for s in result["servers"]] == [(2, [1, 2]), (7, [3, 4])]
+    assert [(t["id"], t["ipaddr"], t["port"], t["protocol"]) for t in result["targets"]] == [
+        (1, "172.16.1.101", 80, "tcp"),
+        (2, "172.16.1.100", 80, "tcp"),
+        (3, "172.16.1.101", 53, "udp"),
+        (4, "172.16.1.100", 53, "udp"),
+    ]
+
+
+def test_dsrlb_target_servers_selects_what_a_host_serves():
+    hostvars = {
+        "web1": {"dsrlb_target_servers": [2]},
+        "web2": {"dsrlb_target_servers": None},  # null: every server, as when unset
+        "web3": {"dsrlb_target_servers": []},  # none at all
+    }
+    servers = [{"id": 1, "vip": "10.0.0.1", "port": 80}, {"id": 2, "vip": "10.0.0.2", "port": 443}]
+    result = config(servers, hosts=("web1", "web2", "web3"), hostvars=hostvars)
+    assert [(s["id"], s["targets"]) for s in result["servers"]] == [(1, [1]), (2, [2, 3])]
+    assert [(t["id"], t["ipaddr"], t["port"]) for t in result["targets"]] == [
+        (1, "web2", 80),
+        (2, "web1", 443),
+        (3, "web2", 443),
+    ]
+
+
+def test_no_target_hosts_leaves_the_servers_without_targets():
+    """The role's validate.yml names the servers without targets and the group to fix."""
+    result = config([{"id": 1, "vip": "10.0.0.1", "port": 80}], hosts=())
+    assert result["servers"][0]["targets"] == [] and result["targets"] == []
+
+
+def test_weight_and_backup_are_converted_as_jinja_int_and_bool_did():
+    hostvars = {
+        "web1": {"dsrlb_target_weight": "3", "dsrlb_target_backup": "yes"},
+        "web2": {"dsrlb_target_weight": 2, "dsrlb_target_backup": True},
+    }
+    targets = config([{"id": 1, "vip": "10.0.0.1", "port": 80}], hostvars=hostvars)["targets"]
+    assert [(t["weight"], t["backup"]) for t in targets] == [(3, True), (2, True)]
+
+
+def test_every_health_check_of_the_daemon_has_defaults():
+    assert tuple(CHECK_DEFAULTS) == HEALTH_CHECKS
+
+
+@pytest.mark.parametrize(
+    "health, check",
+    [
+        ({"type": "tcpopen"}, {"tcpopen": [80, 3, 10]}),
+        ({"type": "tcpopen", "port": 8080, "interval": 1, "timeout": 4}, {"tcpopen": [8080, 1, 4]}),
+        ({"type": "ping"}, {"ping": [1, 5]}),
+        ({"type": "ping", "interval": 2, "timeout": 6}, {"ping": [2, 6]}),
+        ({"type": "http"}, {"http": [80, "/", 3, 10]}),
+        (
+            {"type": "http", "port": 81, "path": "/healthz", "interval": 5, "timeout": 20},
+            {"http": [81, "/healthz", 5, 20]},
+        ),
+        ({}, {}),
+        (None, {}),
+    ],
+)
+def test_health_check_defaults(health, check):
+    targets = config([{"id": 1, "vip": "10.0.0.1", "port": 80, "health": health}])["targets"]
+    assert [{k: v for k, v in t.items() if k in ("tcpopen", "ping", "http")} for t in targets] == [
+        check,
+        check,
+    ]
+
+
+def test_method_and_session_pass_through_only_when_given():
+    servers = [
+        {"id": 1, "vip": "10.0.0.1", "port": 80, "method": "rr", "session": 300},
+        {"id": 2, "vip": "10.0.0.2", "port": 80, "session": None},
+    ]
+    result = config(servers)["servers"]
+    assert result[0]["method"] == "rr" and result[0]["session"] == 300
+    assert "method" not in result[1] and result[1]["session"] is None
+
+
+def test_networks_default_real_and_keep_their_optional_keys():
+    networks = [
+        {"id": 2, "addr": "10.0.0.0/24", "real": "10.0.0.5", "name": "dmz", "mask": "255.255.255.0"},
+        {"id": 1, "addr": "172.16.1.0/24", "virt": "172.16.1.253"},
+    ]
+    result = config([{"id": 1, "vip": "10.0.0.1", "port": 80}], networks=networks)["networks"]
+    assert result == [
+        {"id": 1, "addr": "172.16.1.0/24", "real": "172.16.1.252", "interface": 1, "virt": "172.16.1.253"},
+        {
+            "id": 2,
+            "addr": "10.0.0.0/24",
+            "real": "10.0.0.5",
+            "interface": 1,
+            "name": "dmz",
+            "mask": "255.255.255.0",
+        },
+    ]
+
+
+def test_networks_with_their_own_real_need_no_balancer_address():
+    networks = [{"id": 1, "addr": "10.0.0.0/24", "real": "10.0.0.5"}]
+    result = config([{"id": 1, "vip": "10.0.0.1", "port": 80}], networks=networks, real=None)
+    assert result["networks"][0]["real"] == "10.0.0.5"
+
+
+SERVER = {"id": 1, "vip": "10.0.0.1", "port": 80}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(servers=[]), r"servers: a non-empty list is needed, got \[\]"),
+        (dict(servers=None), "servers: a non-empty list is needed, got None"),
+        (dict(servers="web"), "servers: a non-empty list is needed"),
+        (dict(servers=[SERVER, "x"]), r"servers\[1\] is not a dictionary: 'x'"),
+        (dict(servers=[{"id": 1, "port": 80}]), r"servers\[0\] has no vip: each needs id, vip, port"),
+        (dict(servers=[{"vip": "10.0.0.1"}]), r"servers\[0\] has no id, port: each needs id, vip, port"),
+        (dict(servers=[SERVER, dict(SERVER, id="2")]), "servers: the ids cannot be ordered"),
+        (dict(networks=[{"id": 1}]), r"networks\[0\] has no addr: each needs id, addr"),
+        (dict(real=None), "network 1 has no real address: give the balancer's own address"),
+        (
+            dict(servers=[dict(SERVER, health={"type": "udp"})]),
+            "server 1: health type 'udp' is not one of tcpopen",
+        ),
+        (dict(servers=[dict(SERVER, health={"port": 81})]), "server 1: health type None is not one of"),
+        (dict(servers=[dict(SERVER, health="tcpopen")]), "server 1: health is not a dictionary"),
+        (
+            dict(hostvars={"web1": {"dsrlb_target_weight": "heavy"}, "web2": {}}),
+            "target host web1: dsrlb_target_weight is not a valid int: 'heavy'",
+        ),
+        (
+            dict(hostvars={"web1": {}, "web2": {"dsrlb_target_backup": "maybe"}}),
+            "target host web2: dsrlb_target_backup is not a valid boolean: 'maybe'",
+        ),
+    ],
+)
+def test_bad_input_is_an_error_that_names_the_item(kwargs, message):
+    args = dict(servers=[SERVER]) | kwargs
+    with pytest.raises(AnsibleFilterError, match=message):
+        config(args.pop("servers"), **args)
