@@ -15,12 +15,15 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from dsrlb_tools.netns import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / ".venv" / "bin" / "ansible"
@@ -73,7 +76,7 @@ def _cleanup_stale() -> None:
     """Remove namespaces of earlier runs whose pytest process is gone."""
     for line in _ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
-        match = re.match(rf"^{PREFIX}(\d+)-\d+$", name)
+        match = re.match(rf"^{PREFIX}(\d+)-\d+", name)  # also the `w` and `-host` namespaces
         if match and not Path(f"/proc/{match.group(1)}").exists():
             _ip("netns", "del", name, check=False)
 
@@ -172,3 +175,103 @@ def daemon(_netns_capable: None, tmp_path: Path) -> Iterator[Daemon]:
             proc.wait(10)
         _ip("netns", "del", lb, check=False)
         _ip("netns", "del", web, check=False)
+
+
+# A target's server for the drain test: every line received on a connection is answered with the
+# target's name, so one TCP connection can be kept open and show where its packets go.
+ECHO_SERVER = """
+import socketserver, sys
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(sys.argv[1].encode() + b" " + line)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = daemon_threads = True
+Server(("0.0.0.0", 80), Handler).serve_forever()
+"""
+
+# The client, driven line by line on stdin: `open` opens the long-lived connection, `ping` sends a line
+# on it, `new` makes a fresh connection of one request, `close` ends the long one. It prints the
+# answering target's name (or "closed"), or "ERR ..." on a failure.
+CLIENT = """
+import socket, sys
+VIP = sys.argv[1]
+long = None
+def ask(conn):
+    conn.sendall(b"hello\\n")
+    return conn.makefile().readline().split()[0]
+for cmd in sys.stdin:
+    cmd = cmd.strip()
+    try:
+        if cmd == "open":
+            long = socket.create_connection((VIP, 80), timeout=2)
+            out = ask(long)
+        elif cmd == "ping":
+            out = ask(long)
+        elif cmd == "new":
+            with socket.create_connection((VIP, 80), timeout=2) as conn:
+                out = ask(conn)
+        else:
+            long.close()
+            out = "closed"
+    except (OSError, IndexError) as err:
+        out = f"ERR {err!r}"
+    print(out, flush=True)
+"""
+
+
+@dataclass
+class DsrSegment(Daemon):
+    """The seed config served by the real daemon for a client, both targets up, on one DSR segment."""
+
+    client: subprocess.Popen
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one command at a time
+
+    def client_says(self, cmd: str) -> str:
+        assert self.client.stdin is not None and self.client.stdout is not None
+        with self.lock:
+            self.client.stdin.write(cmd + "\n")
+            self.client.stdin.flush()
+            return self.client.stdout.readline().strip()
+
+
+DRAINIDLE = 1.5  # seconds without a packet after which a flow of a draining target no longer counts
+
+
+@pytest.fixture
+def dsr_segment(_netns_capable: None, tmp_path: Path) -> Iterator[DsrSegment]:
+    """client 172.16.1.50, balancer 172.16.1.252 (dsrlb, seed config with a short drainidle) and web1
+    .100 / web2 .101 (target 1 and 2, VIP on lo, DSR ARP sysctls) on one bridge; removed afterwards."""
+    conf, sock = tmp_path / "dsrlb.conf", tmp_path / "control.sock"
+    conf.write_text(f"set drainidle {DRAINIDLE}\n" + SEED.read_text())
+    with Topology(f"{PREFIX}{os.getpid()}-{next(_counter)}") as topo:
+        for host, addr in (("client", "50"), ("balancer", "252"), ("web1", "100"), ("web2", "101")):
+            topo.add_host(host)
+            topo.connect(host, addrs=[f"172.16.1.{addr}/24"])
+        for web in ("web1", "web2"):
+            topo.addr(web, "172.16.1.10/32", "lo")
+            topo.sysctl(web, {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2})
+            topo.popen(web, sys.executable, "-c", ECHO_SERVER, web, stderr=subprocess.DEVNULL)
+        log = tmp_path / "dsrlb.log"
+        with log.open("w") as out:
+            daemon = topo.popen(
+                "balancer", str(DSRLB), "-s", str(sock), "run", "-c", str(conf), stdout=out, stderr=out
+            )
+        client = topo.popen(
+            "client",
+            sys.executable,
+            "-c",
+            CLIENT,
+            "172.16.1.10",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        segment = DsrSegment(conf, sock, client)
+        deadline = time.monotonic() + 20
+        while not (sock.exists() and all(t["health"] == "up" and t["mac"] for t in segment.show("targets"))):
+            assert daemon.poll() is None and time.monotonic() < deadline, (
+                f"daemon not ready: {log.read_text()}"
+            )
+            time.sleep(0.2)
+        yield segment

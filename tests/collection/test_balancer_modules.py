@@ -4,11 +4,13 @@ daemon serving the seed config in network namespaces."""
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import DSRLB, SEED, Daemon, run_module
+from .conftest import DRAINIDLE, DSRLB, SEED, Daemon, DsrSegment, run_module
 
 
 def seed_args(path: Path, **extra) -> dict:
@@ -100,19 +102,62 @@ def admin(daemon: Daemon, target: int) -> str:
     return next(t["admin"] for t in daemon.show("targets") if t["id"] == target)
 
 
-def test_balancer_target_drain_wait_then_enable(daemon: Daemon):
-    args = {"id": 2, "state": "drained", "wait": True, "timeout": 20, "control_socket": str(daemon.sock)}
-    check = run_module("balancer_target", args, check=True, diff=True)
-    assert check.changed and admin(daemon, 2) == "enabled", check.output
-    assert "+admin: draining" in check.diff
+def test_balancer_target_drain_waits_for_the_open_connection(dsr_segment: DsrSegment):
+    """Drain an up target while a client holds a busy connection to it: the module must wait until that
+    connection is over, which it only learns from the daemon's view of real flows, while the open
+    connection keeps reaching its target and new connections go to the other one."""
+    seg = dsr_segment
+    held = seg.client_says("open")
+    assert held in ("web1", "web2"), held
+    other = "web2" if held == "web1" else "web1"
+    tid = {"web1": 1, "web2": 2}[held]  # targets 1 and 2 of the seed are .100 and .101
+    pings: list[str] = []
+    closing = threading.Event()
 
-    run = run_module("balancer_target", args)
-    assert run.changed and run.result["admin"] == "drained" and run.result["target"]["connections"] == 0
-    assert admin(daemon, 2) == "drained"
+    def keep_flowing() -> None:  # a line every 0.2 s: busy, well within drainidle
+        while not closing.wait(0.2):
+            pings.append(seg.client_says("ping"))
+
+    pinger = threading.Thread(target=keep_flowing)
+    pinger.start()
+    try:
+        args = {"id": tid, "state": "drained", "wait": True, "timeout": 30, "poll_interval": 0.2}
+        args["control_socket"] = str(seg.sock)
+        check = run_module("balancer_target", args, check=True, diff=True)
+        assert check.changed and admin(seg, tid) == "enabled", check.output
+        assert "+admin: draining" in check.diff
+
+        runs: list = []
+        module = threading.Thread(target=lambda: runs.append(run_module("balancer_target", args)))
+        start = time.monotonic()
+        module.start()
+        while admin(seg, tid) == "enabled":  # until the module has asked the daemon to drain
+            assert module.is_alive() and time.monotonic() - start < 20, runs
+            time.sleep(0.05)
+        draining = time.monotonic()
+        while time.monotonic() < draining + 2 * DRAINIDLE + 1:
+            assert seg.client_says("new") == other  # new connections (also this client's) go elsewhere
+            time.sleep(0.2)
+        assert module.is_alive(), f"the drain ended while a connection was still open: {runs}"
+        target = next(t for t in seg.show("targets") if t["id"] == tid)
+        assert (target["admin"], target["connections"]) == ("draining", 1), target
+    finally:
+        closing.set()
+        pinger.join()
+    assert len(pings) >= 10 and set(pings) == {held}, pings  # the open connection kept flowing
+    waited_before_close = time.monotonic() - draining
+    assert seg.client_says("close") == "closed"
+    module.join(30)
+    [run] = runs
+    assert run.changed and run.result["admin"] == "drained", run.output
+    assert run.result["target"]["connections"] == 0
+    assert run.result["waited"] >= waited_before_close - 0.5  # it waited for the close, not less
+    assert admin(seg, tid) == "drained"
     assert not run_module("balancer_target", args).changed
+    assert seg.client_says("new") == other
 
-    enable = run_module("balancer_target", {"id": 2, "control_socket": str(daemon.sock)})
-    assert enable.changed and admin(daemon, 2) == "enabled"
+    enable = run_module("balancer_target", {"id": tid, "control_socket": str(seg.sock)})
+    assert enable.changed and admin(seg, tid) == "enabled"
 
 
 def test_balancer_info(daemon: Daemon):

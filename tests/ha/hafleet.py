@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labrun import BIN, REPO, LabRun
+from labrun import REPO, LabRun
 
 from dsrlb_tools.lab import load
 from dsrlb_tools.lab.lab import Lab
@@ -28,29 +28,12 @@ VIP = "172.16.1.10"
 VIRT = "172.16.1.253"
 ROUTER_LAN = "172.16.1.254"
 ADVERT_MS = 100
-VRID = 50  # for the pair this suite provisions itself; a pair from site.yml keeps its own
 BALANCERS = {"lb1": ("172.16.1.252", 200), "lb2": ("172.16.1.251", 100)}
 TARGETS = ("web1", "web2")
-SEED = REPO / "examples/dsr-example.conf"  # the seed config, unchanged
-SEED_REAL = "real 172.16.1.252"
 DSRLB, KEEPALIVED = "dsrlb", "keepalived"
 SETTLE = 0.7  # seconds of probing after a change has completed
 
-# Units of the balancers (files persist on the hosts' disks, so enabled units come back after a reboot).
-DSRLB_UNIT = f"""[Unit]
-Description=dsrlb (HA test pair, provisioned by tests/ha)
-After=network-online.target
-
-[Service]
-Type=notify
-ExecStart={BIN}/dsrlb run -c /etc/dsrlb/dsrlb.conf
-ExecStopPost={BIN}/dsrlb resign
-Restart=on-failure
-RestartSec=1
-
-[Install]
-WantedBy=multi-user.target
-"""
+# The keepalived baseline's data path: HTTP on the balancer node itself (files persist on the hosts' disks).
 HA_WEB_UNIT = """[Unit]
 Description=HTTP on the balancer node itself (keepalived baseline without IPVS)
 
@@ -60,16 +43,6 @@ ExecStart=/usr/bin/python3 -m http.server 80 --directory /srv/ha-web
 [Install]
 WantedBy=multi-user.target
 """
-
-
-def dsrlb_config(real: str, priority: int) -> str:
-    """The seed config of this balancer with the pair's vrrp block."""
-    seed = SEED.read_text()
-    assert SEED_REAL in seed, f"{SEED}: expected '{SEED_REAL}'"
-    vrrp = (
-        f"vrrp {{\n  vrid {VRID}\n  priority {priority}\n  network 1\n  advert {ADVERT_MS}\n  preempt on\n}}"
-    )
-    return seed.replace(SEED_REAL, f"real {real}") + vrrp + "\n"
 
 
 def keepalived_config(host: str, vrid: int, priority: int) -> str:
@@ -135,8 +108,9 @@ class Fleet:
 
     run: LabRun
     kinds: dict[str, str] = field(default_factory=dict)
-    vrid: int = VRID
+    vrid: int = 0  # the pair's, as site.yml configured it
     provisioned_by: str = ""
+    takeovers: list[tuple[str, str]] = field(default_factory=list)  # (event, why lb2 became master)
 
     def __post_init__(self) -> None:
         self.lab = Lab(self.run.state_dir)
@@ -208,52 +182,24 @@ class Fleet:
 
     # --- provisioning -------------------------------------------------------------------------------
     def provision(self) -> None:
-        """dsrlb.service on lb1/lb2 from site.yml when it is complete and converges, else by hand."""
+        """dsrlb.service on lb1/lb2 from site.yml, as users deploy it. There is no fallback: a site.yml that
+        fails (or is incomplete) fails the suite instead of being papered over by hand provisioning."""
         self.run.playbook("playbooks/lab-web.yml")  # HTTP on the targets: their health checks pass
-        self.provisioned_by = self._site_yml() or self._by_hand()
-        for host, (_, priority) in BALANCERS.items():
-            self.put(host, "/srv/ha-web/index.html", f"{host}\n")
-            self.put(host, "/etc/systemd/system/ha-web.service", HA_WEB_UNIT)
-            self.put(host, "/etc/keepalived/keepalived.conf", keepalived_config(host, self.vrid, priority))
-            self.sh(host, "systemctl daemon-reload")
+        site = REPO / "site.yml"
+        assert site.exists(), f"{site} is missing: the HA suite provisions the pair with it"
+        proc = self.run.ansible_cli("ansible-playbook", ["site.yml"], {})
+        assert proc.returncode == 0, (
+            f"site.yml failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}"
+        )
+        self.provisioned_by = "site.yml"
         self.kinds = dict.fromkeys(BALANCERS, DSRLB)
         self.wait_master("lb1")
         self.vrid = self.vrrp("lb1")["vrid"]
         for host, (_, priority) in BALANCERS.items():  # keepalived on the same VRID as the dsrlb pair
+            self.put(host, "/srv/ha-web/index.html", f"{host}\n")
+            self.put(host, "/etc/systemd/system/ha-web.service", HA_WEB_UNIT)
             self.put(host, "/etc/keepalived/keepalived.conf", keepalived_config(host, self.vrid, priority))
-
-    def _site_yml(self) -> str:
-        site = REPO / "site.yml"
-        if not site.exists():
-            return ""
-        wanted = [
-            line.split(":", 1)[1].strip()
-            for line in site.read_text().splitlines()
-            if "import_playbook" in line
-        ]
-        if not all((REPO / p).exists() for p in wanted):
-            return ""
-        proc = self.run.ansible_cli("ansible-playbook", ["site.yml"], {})
-        if proc.returncode:
-            print(
-                f"\nsite.yml failed ({proc.returncode}), the pair is provisioned by hand:\n"
-                f"{proc.stdout[-2000:]}"
-            )
-            return ""
-        return "site.yml"
-
-    def _by_hand(self) -> str:
-        for host in TARGETS:
-            self.sh(
-                host,
-                f"ip addr replace {VIP}/32 dev lo && "
-                "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
-            )
-        for host, (real, priority) in BALANCERS.items():
-            self.put(host, "/etc/dsrlb/dsrlb.conf", dsrlb_config(real, priority))
-            self.put(host, "/etc/systemd/system/dsrlb.service", DSRLB_UNIT)
-            self.sh(host, "systemctl daemon-reload && systemctl enable -q dsrlb && systemctl restart dsrlb")
-        return "by hand (seed config + vrrp, tests/ha unit)"
+            self.sh(host, "systemctl daemon-reload")
 
     def use(self, lb1: str = DSRLB, lb2: str = DSRLB) -> None:
         """Run dsrlb or keepalived on each balancer; wait until lb1 is master and the VIP serves."""
@@ -307,6 +253,7 @@ class Fleet:
         """One run: the master (lb1) suffers `event` while the client probes; then it comes back and
         (preempt) takes over again while the client probes. Returns (failover, recovery) windows."""
         self.wait_master("lb1")
+        before = len(self.takeover_log("lb2")) if self.kinds["lb2"] == DSRLB else 0
         with Probe(self.lab) as failing:
             time.sleep(0.3)
             action = threading.Thread(target=getattr(self, event), args=("lb1",))
@@ -314,6 +261,9 @@ class Fleet:
             self.wait("lb2 to take over", lambda: self.state("lb2") == "master")
             action.join()
             time.sleep(SETTLE)
+        if self.kinds["lb2"] == DSRLB:
+            self.wait("lb2 to log its takeover", lambda: len(self.takeover_log("lb2")) > before, 5)
+            self.takeovers.append((event, self.takeover_log("lb2")[-1]))
         with Probe(self.lab) as recovering:
             time.sleep(0.3)
             self.recover("lb1", event)
@@ -321,6 +271,11 @@ class Fleet:
             time.sleep(SETTLE)
         assert failing.window is not None and recovering.window is not None
         return failing.window, recovering.window
+
+    def takeover_log(self, host: str) -> list[str]:
+        """The host's dsrlb journal lines about becoming VRRP master; each ends with the reason."""
+        out = self.sh(host, "journalctl -u dsrlb -o cat --no-pager | grep -F -- '-> master:'", check=False)
+        return out.splitlines()
 
     # --- what the segment sees ----------------------------------------------------------------------
     def arp_answers(self, address: str = VIP) -> set[str]:

@@ -35,6 +35,32 @@ def test_dsrlb_failover_and_preempt(fleet: Fleet, report: Report) -> None:
         assert [w.failed for w in runs.recovery] == [0] * RUNS, f"preempt back after {event} lost requests"
     stop = report.runs[(DSRLB, "stop")]
     assert [w.failed for w in stop.failover] == [0] * RUNS, "a clean stop of the master lost requests"
+    assert_takeover_by_resignation(fleet, report)
+
+
+def assert_takeover_by_resignation(fleet: Fleet, report: Report) -> None:
+    """A killed master must still resign (the sentinel / ExecStopPost send its priority-0 advert), so lb2
+    takes over after its skew time. Without that, lb2 only times out, Master_Down_Interval (3 adverts +
+    skew, ~361 ms here) after the last advert it heard, i.e. at least one advert interval less after the
+    kill: a gap that keepalived's (which has no resignation on kill -9) would still let through."""
+    view = fleet.vrrp("lb2")  # the backup's timers, from the config site.yml gave it
+    assert view is not None and view["state"] == "backup", view
+    advert = view["advert_ms"] / 1000
+    master_down = 3 * advert + (256 - view["priority"]) / 256 * advert  # RFC 5798 6.1
+    without_resignation = master_down - advert  # the earliest a timed-out takeover can follow the kill
+    reasons = [why for event, why in fleet.takeovers if event == "kill"]
+    # a clean stop resigns through the daemon's own shutdown: the same advert
+    assert all("(priority 0)" in why for event, why in fleet.takeovers if event == "stop"), fleet.takeovers
+    report.notes.append(
+        f"dsrlb kill -9: lb2 Master_Down_Interval {master_down * 1000:.0f} ms, takeover without resignation "
+        f">= {without_resignation * 1000:.0f} ms after the kill; takeovers: {sorted(set(reasons))}"
+    )
+    assert len(reasons) == RUNS and all("(priority 0)" in why for why in reasons), reasons
+    gaps = [round(w.gap * 1000) for w in report.runs[(DSRLB, "kill")].failover]
+    assert report.runs[(DSRLB, "kill")].gap() < without_resignation, (
+        f"kill gaps {gaps} ms: not below {without_resignation * 1000:.0f} ms, the takeover was not the "
+        "priority-0 advert's"
+    )
 
 
 def test_keepalived_baseline(fleet: Fleet, report: Report) -> None:
