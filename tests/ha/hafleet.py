@@ -21,6 +21,7 @@ from pathlib import Path
 
 from labrun import REPO, LabRun
 
+from dsrlb.vocabulary import DEFAULT_CONTROL
 from dsrlb_tools.lab import load
 from dsrlb_tools.lab.lab import Lab
 
@@ -145,7 +146,7 @@ class Fleet:
         try:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(2)
-                s.connect(f"/proc/{pid}/root/run/dsrlb/control.sock")
+                s.connect(f"/proc/{pid}/root{DEFAULT_CONTROL}")
                 s.sendall(b'{"cmd": "show", "what": "vrrp"}\n')
                 reply = json.loads(s.makefile().readline())
         except (OSError, ValueError):

@@ -3,7 +3,10 @@ re-sends virtual-server traffic to the chosen target with only the Ethernet addr
 
 The control plane never touches the loop's state directly: it installs a new immutable
 `ForwardingTable` (a reference swap) and posts callables that run on the loop's thread between
-frames, so sessions and counters are only ever mutated by one thread.
+frames, so flows, sessions and counters are only ever mutated by one thread.
+
+Per packet state is two small `__slots__` records: a `Flow` (one per address and port pair, what
+the fast path follows) and a `Session` (one per client and virtual server, what its new flows follow).
 """
 
 from __future__ import annotations
@@ -42,12 +45,54 @@ class Selector(Protocol):
     def pick(self, client: bytes, load: dict[int, int] | None = None) -> int | None: ...
 
 
+class Session:
+    """A client's target at one virtual server."""
+
+    __slots__ = ("target", "seen")
+
+    def __init__(self, target: int, seen: float) -> None:
+        self.target = target
+        self.seen = seen  # monotonic time of its last packet, brought forward by the sweep
+
+
+class Flow:
+    """What the fast path needs to forward a packet of a known flow without looking anything up.
+
+    Everything but `seen` is fixed when the slow path records the flow; a flow whose `table` is not
+    the current one goes through the slow path again (which keeps its target where still allowed).
+    No `__init__`: `Forwarder._target` sets the fields one by one (on Python 3.11 a class call through
+    `__init__` made the slow path 7% slower than building the list this record replaced)."""
+
+    __slots__ = (
+        "target",
+        "seen",
+        "head",
+        "counter",
+        "proto",
+        "state",
+        "table",
+        "draining",
+        "timeout",
+        "shortest",
+    )
+    target: int
+    seen: float  # monotonic time of its last packet
+    head: bytes  # the new Ethernet addresses: the target's MAC and ours
+    counter: list[int]  # [packets, bytes] forwarded to the target for this virtual server
+    proto: int  # IP protocol
+    state: ServiceState  # of its virtual server
+    table: ForwardingTable  # the table it was checked against
+    draining: bool  # its target takes no new connection: a TCP SYN must not follow it
+    timeout: float  # idle timeout
+    shortest: int  # shortest IP packet with a whole transport header
+
+
 @dataclass
 class ServiceState:
-    """Per virtual server state that outlives table swaps: sessions (client -> [target, last seen]),
-    sessions per target and counters."""
+    """Per virtual server state that outlives table swaps: sessions (client -> Session), sessions per
+    target and counters."""
 
-    sessions: dict[bytes, list] = field(default_factory=dict)
+    sessions: dict[bytes, Session] = field(default_factory=dict)
     load: collections.Counter = field(default_factory=collections.Counter)
     counters: collections.defaultdict[int, list[int]] = field(
         default_factory=lambda: collections.defaultdict(lambda: [0, 0])
@@ -70,7 +115,9 @@ class ForwardingTable:
     services: dict[tuple[bytes, int, int], Service]  # (VIP, IP protocol, port)
     answer: frozenset[bytes]  # addresses we answer ARP and ping for (empty while VRRP backup)
     neighbors: frozenset[bytes]  # addresses whose MAC we learn from ARP (the targets)
-    recent: float = 5.0  # a flow with a packet this recent counts as an open connection
+    # setting `drainidle`: a flow with a packet this recent counts as an open connection, and a draining
+    # target without any as drained
+    drainidle: float = 5.0
 
 
 @dataclass
@@ -85,6 +132,7 @@ class Stats:
 
 
 EMPTY = ForwardingTable({}, frozenset(), frozenset())
+NEW_FLOW = object.__new__
 
 
 class Forwarder:
@@ -94,10 +142,10 @@ class Forwarder:
         self.stats = Stats()
         self.neighbors: dict[bytes, tuple[bytes, float]] = {}  # IPv4 -> (MAC, last heard)
         # flow key: source and destination address and port, the 12 bytes at offset 26 of a frame whose
-        # IPv4 header has no options -> [target, last seen, Ethernet addresses, counters, IP protocol,
-        # ServiceState, table it was checked against, target draining, idle timeout, shortest length]
-        self.flows: dict[bytes, list] = {}
-        self.activity: dict[int, tuple[int, float]] = {}  # target -> (recent flows, last packet)
+        # IPv4 header has no options
+        self.flows: dict[bytes, Flow] = {}
+        # target -> (flows with a packet in the last `drainidle` seconds, last packet)
+        self.activity: dict[int, tuple[int, float]] = {}
         self.on_neighbor: Callable[[bytes], None] = lambda ip: None
         self.on_vrrp: Callable[[bytes], None] | None = None
         self._pending: collections.deque[Callable[[], None]] = collections.deque()
@@ -221,19 +269,20 @@ class Forwarder:
             head = None  # set when the frame is to be forwarded: the new Ethernet addresses
             # Fast path: a packet of a flow checked against the current table, in a well-formed frame.
             fl = flows.get(mm[f + 26 : f + 38]) if snap == length and 38 <= length <= max_frame else None
-            if fl is not None and fl[6] is table:
+            if fl is not None and fl.table is table:
                 dmac, etype, vihl, total, frag, proto = fast_header(mm, f)
                 if (
                     dmac == own
                     and etype == 0x0800
                     and vihl == 0x45
-                    and proto == fl[4]
+                    and proto == fl.proto
                     and not frag & 0x3FFF
-                    and fl[9] <= total <= length - 14
-                    and not (fl[7] and proto == 6 and mm[f + 47] & 0x12 == 0x02)  # SYN to a draining target
+                    and fl.shortest <= total <= length - 14
+                    # and not a TCP SYN to a draining target
+                    and not (fl.draining and proto == 6 and mm[f + 47] & 0x12 == 0x02)
                 ):
-                    head, counter, ihl = fl[2], fl[3], 20
-                    fl[1] = now
+                    head, counter, ihl = fl.head, fl.counter, 20
+                    fl.seen = now
             if head is None and (snap < length or length > max_frame or length < 38):
                 drops["truncated" if snap < length else "oversize" if length > max_frame else "runt"] += 1
             elif head is None:  # slow path: parse, validate, select, record the flow
@@ -332,26 +381,25 @@ class Forwarder:
         fl = self.flows.get(key)
         state = svc.state
         t = None
-        if fl is not None and fl[5] is state:
-            t = fl[0]
+        if fl is not None and fl.state is state:
+            t = fl.target
             if t not in svc.forward or (syn and t not in svc.active):
                 t = None
         if t is None:
             t = self._new_flow(svc, src, syn or proto == 17, now)
             if t is None:
                 return None
-        self.flows[key] = [
-            t,
-            now,
-            svc.forward[t],
-            state.counters[t],
-            proto,
-            state,
-            table,
-            t not in svc.active,
-            svc.timeout,
-            40 if proto == 6 else 28,  # shortest IP packet with a whole transport header
-        ]
+        fl = self.flows[key] = NEW_FLOW(Flow)
+        fl.target = t
+        fl.seen = now
+        fl.head = svc.forward[t]
+        fl.counter = state.counters[t]
+        fl.proto = proto
+        fl.state = state
+        fl.table = table
+        fl.draining = t not in svc.active
+        fl.timeout = svc.timeout
+        fl.shortest = 40 if proto == 6 else 28  # IP header + TCP or UDP header
         return t
 
     def _new_flow(self, svc: Service, src: bytes, new_conn: bool, now: float) -> int | None:
@@ -359,33 +407,33 @@ class Forwarder:
         not take this flow, else a fresh pick; the session follows the pick."""
         state = svc.state
         session = state.sessions.get(src)
-        t = session[0] if session is not None else None
+        t = session.target if session is not None else None
         if t is None or not (t in svc.active or (not new_conn and t in svc.forward)):
             t = svc.selector.pick(src, state.load)
             if t is None:
                 return None
             if session is None:
-                session = state.sessions[src] = [t, now]
+                session = state.sessions[src] = Session(t, now)
             else:
-                state.load[session[0]] -= 1
-                session[0] = t
+                state.load[session.target] -= 1
+                session.target = t
             state.load[t] += 1
-        session[1] = now
+        session.seen = now
         return t
 
     def _sweep(self, now: float) -> None:
         """Expire idle flows and sessions (a session lives as long as any of its flows) and count
-        each target's open connections: flows with a packet in the last `recent` seconds."""
+        each target's open connections: flows with a packet in the last `drainidle` seconds."""
         flows = self.flows
-        for key in [k for k, fl in flows.items() if fl[1] < now - fl[8]]:
+        for key in [k for k, fl in flows.items() if fl.seen < now - fl.timeout]:
             del flows[key]
         activity: dict[int, list] = {}
-        recent = now - self.table.recent
+        recent = now - self.table.drainidle
         for key, fl in flows.items():
-            t, seen = fl[0], fl[1]
-            session = fl[5].sessions.get(key[:4])
-            if session is not None and session[1] < seen:
-                session[1] = seen
+            t, seen = fl.target, fl.seen
+            session = fl.state.sessions.get(key[:4])
+            if session is not None and session.seen < seen:
+                session.seen = seen
             a = activity.setdefault(t, [0, 0.0])
             if seen >= recent:
                 a[0] += 1
@@ -394,6 +442,6 @@ class Forwarder:
         for svc in self.table.services.values():
             state = svc.state
             limit = now - svc.timeout
-            for src in [c for c, s in state.sessions.items() if s[1] < limit]:
-                state.load[state.sessions.pop(src)[0]] -= 1
+            for src in [c for c, s in state.sessions.items() if s.seen < limit]:
+                state.load[state.sessions.pop(src).target] -= 1
         self.activity = {t: (a[0], a[1]) for t, a in activity.items()}

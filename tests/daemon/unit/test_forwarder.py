@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import mmap
 import socket
 import struct
@@ -152,7 +153,7 @@ def test_down_target_loses_its_flows_and_sessions() -> None:
     h.set_targets(active=(1,))
     outs = h.run(*[udp(src=f"198.18.1.{i}") for i in on_two])
     assert {target_of(f) for f in outs} == {1}
-    assert all(h.state.sessions[socket.inet_aton(f"198.18.1.{i}")][0] == 1 for i in on_two)
+    assert all(h.state.sessions[socket.inet_aton(f"198.18.1.{i}")].target == 1 for i in on_two)
 
 
 def test_drain_moves_new_connections_and_keeps_open_ones() -> None:
@@ -164,7 +165,7 @@ def test_drain_moves_new_connections_and_keeps_open_ones() -> None:
     assert [target_of(f) for f in h.run(tcp(sport=1000))] == [1]
     # a new connection from the same client goes elsewhere, and its session follows
     assert [target_of(f) for f in h.run(tcp(sport=1001, flags="S"))] == [2]
-    assert h.tcp_state.sessions[socket.inet_aton("198.18.0.10")][0] == 2
+    assert h.tcp_state.sessions[socket.inet_aton("198.18.0.10")].target == 2
     # packets of both connections keep going where they started
     assert [target_of(f) for f in h.run(tcp(sport=1000), tcp(sport=1001))] == [1, 2]
     # a UDP packet of an unknown flow is a new flow too
@@ -172,6 +173,53 @@ def test_drain_moves_new_connections_and_keeps_open_ones() -> None:
     h2.run(udp(sport=5))
     h2.set_targets(active=(2,), draining=(1,))
     assert [target_of(f) for f in h2.run(udp(sport=5), udp(sport=6))] == [1, 2]
+
+
+def sessions_per_target(state: ServiceState) -> dict[int, int]:
+    return dict(collections.Counter(session.target for session in state.sessions.values()))
+
+
+def load_of(state: ServiceState) -> dict[int, int]:
+    return {t: n for t, n in state.load.items() if n}  # zeros are fine, negative counts are not
+
+
+def test_load_follows_sessions_that_move() -> None:
+    """`leastsessions` trusts `state.load`: a session that moves off a draining or down target must
+    leave its old target's count, or phantom sessions steer new clients away from it for good."""
+    h = Harness(method="rr", targets=(1, 2))
+    sources = [f"198.18.2.{i}" for i in range(1, 21)]
+    h.run(*[tcp(src=s, sport=1000, flags="S") for s in sources], *[udp(src=s) for s in sources])
+    assert load_of(h.tcp_state) == sessions_per_target(h.tcp_state) == {1: 10, 2: 10}
+    # 1 drains: new TCP connections of its clients move to 2 and 3, open ones stay
+    h.set_targets(active=(2, 3), draining=(1,))
+    h.run(*[tcp(src=s, sport=2000, flags="S") for s in sources])
+    assert 1 not in sessions_per_target(h.tcp_state)
+    assert load_of(h.tcp_state) == sessions_per_target(h.tcp_state)
+    # 2 goes down: UDP sessions on it move (a known flow, not a new connection)
+    h.set_targets(active=(1, 3))
+    h.run(*[udp(src=s) for s in sources])
+    assert 2 not in sessions_per_target(h.state)
+    assert load_of(h.state) == sessions_per_target(h.state)
+    # and back and forth once more, then everything expires
+    h.set_targets(active=(2,), draining=(1, 3))
+    h.run(*[udp(src=s, sport=3000) for s in sources], *[tcp(src=s, sport=3000, flags="S") for s in sources])
+    for state in (h.state, h.tcp_state):
+        assert load_of(state) == sessions_per_target(state) == {2: 20}
+    h.fwd._sweep(h.fwd.flows[flow(sources[0], 3000, 53)].seen + h.timeout + 1)
+    assert load_of(h.state) == load_of(h.tcp_state) == {}
+
+
+def test_leastsessions_balances_after_a_drain_ends() -> None:
+    """With honest counts, clients that left a drained target do not keep it looking busy."""
+    h = Harness(method="leastsessions", targets=(1, 2))
+    sources = [f"198.18.3.{i}" for i in range(1, 11)]
+    h.run(*[udp(src=s) for s in sources])
+    assert sessions_per_target(h.state) == {1: 5, 2: 5}
+    h.set_targets(active=(2,))
+    h.run(*[udp(src=s) for s in sources])  # all move to 2
+    h.set_targets(active=(1, 2))
+    newcomers = [target_of(f) for f in h.run(*[udp(src=f"198.18.4.{i}") for i in range(1, 11)])]
+    assert newcomers == [1] * 10  # 1 has 0 sessions, 2 has 10
 
 
 def test_disabled_target_gets_nothing() -> None:
@@ -285,8 +333,8 @@ def test_idle_sessions_and_flows_expire() -> None:
     h = Harness(timeout=30.0)
     h.run(udp(src="198.18.0.1"), udp(src="198.18.0.2"))
     assert len(h.state.sessions) == 2
-    now = h.fwd.flows[flow("198.18.0.1", 1000, 53)][1]
-    h.fwd.flows[flow("198.18.0.2", 1000, 53)][1] = now + 25  # .2 stays busy
+    now = h.fwd.flows[flow("198.18.0.1", 1000, 53)].seen
+    h.fwd.flows[flow("198.18.0.2", 1000, 53)].seen = now + 25  # .2 stays busy
     h.fwd._sweep(now + 31)
     assert list(h.state.sessions) == [socket.inet_aton("198.18.0.2")]
     assert list(h.fwd.flows) == [flow("198.18.0.2", 1000, 53)]
@@ -296,7 +344,7 @@ def test_idle_sessions_and_flows_expire() -> None:
 def test_recent_flows_count_as_open_connections() -> None:
     h = Harness(method="first")
     h.run(tcp(sport=1), tcp(sport=2))
-    now = h.fwd.flows[flow("198.18.0.10", 1, 80)][1]
+    now = h.fwd.flows[flow("198.18.0.10", 1, 80)].seen
     h.fwd._sweep(now + 1)
     assert h.fwd.activity[1][0] == 2
     h.fwd._sweep(now + 6)
