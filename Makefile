@@ -17,7 +17,8 @@ deps:
 $(STAMP): pyproject.toml tools/pyproject.toml scripts/awx-collection
 	@bash scripts/install-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ./tools -e '.[dev]'
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e './tools[dev]'
 	$(BIN)/python scripts/awx-collection
 	@touch $@
 
