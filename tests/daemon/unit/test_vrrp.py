@@ -102,7 +102,9 @@ class Segment:
 
 
 def run(coro):  # noqa: ANN001, ANN201 - tiny helper for the async scenarios below
-    return asyncio.run(coro)
+    """On simulated time (VirtualTimeLoop): timer races never depend on how busy the machine is."""
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(coro)
 
 
 class _NoWaitSelector(selectors.SelectSelector):
@@ -128,11 +130,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self.now
-
-
-def run_simulated(coro):  # noqa: ANN001, ANN201
-    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-        return runner.run(coro)
 
 
 def test_higher_priority_wins_and_backup_takes_over_when_master_dies() -> None:
@@ -253,7 +250,7 @@ def test_equal_priority_is_stable_over_time(first: str, second: str) -> None:
         assert all(router.counters.transitions <= limit for router in routers.values()), seg.masters_log
         assert routers[expected].counters.sent >= 10 / routers[expected].advert_interval - 2
 
-    run_simulated(scenario())
+    run(scenario())
 
 
 def test_split_brain_heals_to_one_master_and_reasserts() -> None:
