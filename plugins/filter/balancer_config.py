@@ -1,6 +1,6 @@
 # Copyright: (c) 2025, dsrlb developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The balancer role's inventory shaped into the networks, servers and targets of balancer_config.
+"""The balancer role's inventory shaped into the networks, servers, targets and vrrp of balancer_config.
 
 In Python rather than in role vars so that the numbering of targets across servers and hosts, the
 defaults and the checks of each item can be read and unit-tested; the documentation is in
@@ -124,21 +124,76 @@ def _server(server: Mapping[str, t.Any], targets: list[dict[str, t.Any]]) -> dic
     } | {key: server[key] for key in ("method", "session") if key in server}
 
 
+def _peer_address(host: str, hv: Mapping[str, t.Any], network: t.Any) -> str:
+    """A balancer's own address on the VRRP network: that network's `real` in its dsrlb_networks, else
+    its dsrlb_real (the source of its adverts)."""
+    for net in hv.get("dsrlb_networks") or ():
+        if isinstance(net, Mapping) and str(net.get("id")) == str(network) and net.get("real"):
+            return str(net["real"])
+    if not hv.get("dsrlb_real"):
+        raise AnsibleFilterError(
+            f"balancer host {host}: no address for VRRP network {network}: give it dsrlb_real or a "
+            "real in its dsrlb_networks, so that the other balancers can list it in peers"
+        )
+    return str(hv["dsrlb_real"])
+
+
+def _vrrp(
+    vrrp: t.Any,
+    balancer_hosts: Sequence[str],
+    host: str | None,
+    hostvars: Mapping[str, t.Any],
+    own: set[str],
+) -> dict[str, t.Any] | None:
+    """The vrrp option with `peers`: the own addresses of the other hosts of the balancer group whose
+    dsrlb_vrrp has the same vrid, unless dsrlb_vrrp gives peers itself."""
+    if vrrp is None:
+        return None
+    if not isinstance(vrrp, Mapping) or "vrid" not in vrrp:
+        raise AnsibleFilterError(f"vrrp: a dictionary with vrid is needed, got {vrrp!r}")
+    if "peers" in vrrp:
+        return dict(vrrp)
+    peers: set[str] = set()
+    for other in balancer_hosts:
+        hv = hostvars[other]
+        theirs = hv.get("dsrlb_vrrp")
+        if other == host or not isinstance(theirs, Mapping) or str(theirs.get("vrid")) != str(vrrp["vrid"]):
+            continue
+        peers.add(_peer_address(other, hv, theirs.get("network", vrrp.get("network"))))
+    clash = sorted(peers & own)
+    if clash:
+        message = f"vrrp: another balancer of vrid {vrrp['vrid']} has this one's address {', '.join(clash)}"
+        raise AnsibleFilterError(message)
+    return dict(vrrp, peers=sorted(peers, key=_address_key))
+
+
+def _address_key(address: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in address.split("."))
+    except ValueError:
+        return (1 << 32,)
+
+
 def balancer_config(
     servers: t.Any,
     networks: t.Any,
     target_hosts: Sequence[str],
     hostvars: Mapping[str, t.Any],
     real: str | None = None,
-) -> dict[str, list[dict[str, t.Any]]]:
-    """The networks, servers and targets options of the dsrlb.fleet.balancer_config module."""
+    vrrp: t.Any = None,
+    balancer_hosts: Sequence[str] | None = None,
+    host: str | None = None,
+) -> dict[str, t.Any]:
+    """The networks, servers, targets and vrrp options of the dsrlb.fleet.balancer_config module."""
     networks = _items(networks, "networks", ("id", "addr"))
     servers = _items(servers, "servers", ("id", "vip", "port"))
     served = _targets(servers, target_hosts, hostvars)
+    nets = [_network(net, real) for net in networks]
     return {
-        "networks": [_network(net, real) for net in networks],
+        "networks": nets,
         "servers": [_server(server, targets) for server, targets in zip(servers, served, strict=True)],
         "targets": [target for targets in served for target in targets],
+        "vrrp": _vrrp(vrrp, balancer_hosts or (), host, hostvars, {str(net["real"]) for net in nets}),
     }
 
 

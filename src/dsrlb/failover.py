@@ -3,12 +3,14 @@
 `VrrpRouter` (vrrp.py) speaks the protocol; this module turns its state into what the daemon does:
 answer ARP and ping for the shared addresses, forward, keep forwarding for a grace period after
 stepping down (make before break), hand over on a clean stop, and keep a priority-0 advert ready for
-`dsrlb resign` should the process die as master.
+`dsrlb resign` should the process die as master. Frames reach the router through `post`, a bounded,
+rate-limited inbox the packet thread fills and the event loop drains.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import subprocess
 import time
@@ -21,6 +23,10 @@ from dsrlb.config.model import Vrrp
 from dsrlb.vrrp import MASTER, VrrpRouter
 
 log = logging.getLogger("dsrlb")
+
+INBOX = 64  # frames waiting for the event loop, and the burst the rate limit allows
+INBOX_RATE = 64.0  # frames per second at least; more with short adverts (INBOX_PER_ADVERT per interval)
+INBOX_PER_ADVERT = 8
 
 
 class Host(Protocol):
@@ -46,9 +52,15 @@ class Failover:
         self.forwarding = True  # forward to targets: as answering, and while handing over on stop
         self._handing_over = False
         self._sentinel: subprocess.Popen | None = None  # resigns for us should we be killed as master
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._draining = False  # a drain is scheduled on the loop
+        self._tokens = float(INBOX)
+        self._refilled = time.monotonic()
 
     def configure(self, wanted: Vrrp | None, source: IPv4Address, addresses: Sequence[IPv4Address]) -> None:
         """Create the VRRP router on first load; later loads update it in place where they can."""
+        self._loop = asyncio.get_running_loop()
         router = self.router
         if wanted is None:
             if router is not None:
@@ -61,7 +73,7 @@ class Failover:
             wanted.version,
             source,
         ):
-            router.config, router.priority, router.addresses = wanted, wanted.priority, tuple(addresses)
+            router.reconfigure(wanted, addresses)
             self.keep_resignation()
             return
         if router is not None:
@@ -87,6 +99,38 @@ class Failover:
     def receive(self, frame: bytes) -> None:
         if self.router is not None:
             self.router.receive(frame)
+
+    def post(self, frame: bytes) -> None:
+        """A VRRP frame from the packet thread (any thread): adverts from non-peers are dropped here,
+        the rest queue for the event loop, at most INBOX at a time and at a bounded rate, with one
+        wake-up of the loop per batch. Excess frames are dropped as `rate_limited`, so a flood costs
+        neither memory nor a callback per frame on the loop."""
+        router, loop = self.router, self._loop
+        if router is None or loop is None:
+            return
+        if not router.from_peer(frame):
+            router.counters.drops["not_a_peer"] += 1
+            return
+        now = time.monotonic()
+        rate = max(INBOX_RATE, INBOX_PER_ADVERT / router.advert_interval)
+        self._tokens = min(float(INBOX), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1 or len(self._inbox) >= INBOX:
+            router.counters.drops["rate_limited"] += 1
+            return
+        self._tokens -= 1
+        self._inbox.append(frame)
+        if not self._draining:
+            self._draining = True
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: we are stopping
+                self._draining = False
+
+    def _drain(self) -> None:
+        self._draining = False  # frames posted from now on schedule another drain
+        for _ in range(len(self._inbox)):
+            self.receive(self._inbox.popleft())
 
     def _state_changed(self, state: str) -> None:
         """Master answers and forwards. A master that steps down keeps forwarding for a grace period

@@ -3,8 +3,12 @@
 `VrrpRouter` is the protocol state machine; it does no I/O itself: it gets received frames, sends
 frames through a callback and reports state changes, so the daemon wires it to its sockets and tests
 can wire two of them to each other. Beyond the RFC, a master that hears a lower-priority master
-answers at once (advert + gratuitous ARP) so a healed split brain converges within one round trip,
-and a router that is not ready (targets not yet checked) does not preempt a working master.
+re-asserts (gratuitous ARP, and an advert unless one just went out) at most once per advert interval,
+so a healed split brain converges within an interval while a flood of forged adverts gets no more
+adverts out of it than silence would;
+a router that is not ready (targets not yet checked) does not preempt a working master; and with
+`peers` set, adverts from any other source are dropped (counted as `not_a_peer`) before they are
+parsed. Received adverts never add timers: the one timer is moved by its deadline.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class Counters:
     sent: int = 0
     received: int = 0
     transitions: int = 0
+    reasserts: int = 0  # answers to a lower-priority or leaving master, at most one per advert interval
     drops: collections.Counter = field(default_factory=collections.Counter)
 
 
@@ -147,7 +152,32 @@ class VrrpRouter:
         self.counters = Counters()
         self.since = clock()
         self.peer_master_seen = 0.0  # when another router last advertised as master (priority > 0)
-        self._timer: asyncio.TimerHandle | None = None
+        self.reasserted = float("-inf")  # when we last answered a lower-priority or leaving master
+        self._advertised = float("-inf")  # when we last sent an advert (loop time)
+        self._timer: asyncio.TimerHandle | None = None  # at most one, due at self._when
+        self._when = 0.0
+        self._deadline = 0.0  # when self._due runs; later than self._when after a re-arm
+        self._due: Callable[[], None] | None = None
+        self.accepts = self._accepts(config)
+
+    @staticmethod
+    def _accepts(config: Vrrp) -> frozenset[bytes] | None:
+        """The packed source addresses adverts may come from; None: any (no `peers`)."""
+        return frozenset(peer.packed for peer in config.peers) if config.peers else None
+
+    def reconfigure(self, config: Vrrp, addresses: Sequence[IPv4Address]) -> None:
+        """A reload that keeps vrid, version and source: new priority, timing, addresses and peers."""
+        self.config, self.priority, self.addresses = config, config.priority, tuple(addresses)
+        self.accepts = self._accepts(config)
+
+    def from_peer(self, frame: bytes) -> bool:
+        """Cheap pre-parse check, safe on any thread: the IPv4 source is ours or a peer's (or no
+        `peers` are configured). Our own looped-back adverts pass; `receive` ignores them."""
+        accepts = self.accepts
+        if accepts is None:
+            return True
+        source = frame[26:30]
+        return source in accepts or source == self.source.packed
 
     # --- timing (RFC 5798 6.1) ---------------------------------------------------------------
     @property
@@ -170,6 +200,9 @@ class VrrpRouter:
             self._become_backup(None, "startup")
 
     def receive(self, frame: bytes) -> None:
+        if not self.from_peer(frame):
+            self.counters.drops["not_a_peer"] += 1
+            return
         try:
             advert = parse(frame)
         except BadAdvert as err:
@@ -199,19 +232,34 @@ class VrrpRouter:
             # else: a lower-priority master and we preempt: let the timer expire
         elif self.state == MASTER:
             if advert.priority == 0:
-                self._advertise()
+                self._reassert(advert, announce=False)  # RFC 5798 6.4.3: advertise at once
             elif self._wins(advert):
                 self._become_backup(advert, f"higher priority master {advert.source} ({advert.priority})")
             else:
-                # a lower-priority master: split brain healing, re-assert now
-                log.info(
-                    "vrid %d: lower priority master %s (%d) seen, re-asserting",
-                    self.config.vrid,
-                    advert.source,
-                    advert.priority,
-                )
-                self._advertise()
-                self._announce()
+                # a lower-priority master: RFC 5798 discards it; we also re-assert, to heal a split brain
+                self._reassert(advert, announce=True)
+
+    def _reassert(self, advert: Advert, announce: bool) -> None:
+        """Announce the addresses and advertise now, at most once per advert interval; the advert only
+        when our last one is half an interval old or more (else the other master has just heard us, or
+        will with the next periodic one). So a flood of adverts costs no more adverts than silence, one
+        gratuitous-ARP burst per interval and no timers."""
+        now = asyncio.get_running_loop().time()  # the clock of the advert timer
+        if now - self.reasserted < self.advert_interval:
+            self.counters.drops["reassert_limited"] += 1
+            return
+        self.reasserted = now
+        self.counters.reasserts += 1
+        log.info(
+            "vrid %d: master %s with priority %d seen, re-asserting",
+            self.config.vrid,
+            advert.source,
+            advert.priority,
+        )
+        if announce:
+            self._announce()
+        if now - self._advertised >= self.advert_interval / 2:
+            self._advertise()  # also moves the periodic advert one interval on
 
     def _wins(self, advert: Advert) -> bool:
         """True when the advert's sender should be master instead of us."""
@@ -268,12 +316,35 @@ class VrrpRouter:
     def _send_advert(self) -> None:
         self._send(self.advert())
         self.counters.sent += 1
+        try:
+            self._advertised = asyncio.get_running_loop().time()
+        except RuntimeError:  # shutdown outside the loop
+            pass
 
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run `callback` after `delay` instead of what was due. A later deadline keeps the pending
+        timer, which moves itself on when it fires, so a stream of adverts adds no timer handles."""
+        loop = asyncio.get_running_loop()
+        self._deadline, self._due = loop.time() + delay, callback
+        if self._timer is not None and self._when <= self._deadline:
+            return
         self._cancel()
-        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+        self._due = callback
+        self._when = self._deadline
+        self._timer = loop.call_at(self._when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._deadline > self._when:  # re-armed for later meanwhile
+            self._when = self._deadline
+            self._timer = asyncio.get_running_loop().call_at(self._when, self._fire)
+            return
+        callback, self._due = self._due, None
+        if callback is not None:
+            callback()
 
     def _cancel(self) -> None:
+        self._due = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -295,5 +366,7 @@ class VrrpRouter:
             "transitions": self.counters.transitions,
             "adverts_sent": self.counters.sent,
             "adverts_received": self.counters.received,
+            "reasserts": self.counters.reasserts,
+            "peers": [str(p) for p in c.peers],
             "drops": dict(self.counters.drops),
         }

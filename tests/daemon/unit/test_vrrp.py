@@ -248,7 +248,8 @@ def test_equal_priority_is_stable_over_time(first: str, second: str) -> None:
         # init -> backup (-> master); starting together both may time out at once, the loser steps back
         limit = 3 if first == "both" else 2
         assert all(router.counters.transitions <= limit for router in routers.values()), seg.masters_log
-        assert routers[expected].counters.sent >= 10 / routers[expected].advert_interval - 2
+        master = routers[expected]  # advertises every interval from the end of its first Master_Down_Interval
+        assert master.counters.sent >= (10 - master.master_down_interval()) / master.advert_interval - 1
 
     run(scenario())
 
@@ -294,5 +295,196 @@ def test_bad_adverts_are_counted_not_obeyed() -> None:
         assert b.counters.drops == {"ttl": 1, "other_vrid": 1, "checksum": 1}
         b.receive(good)
         assert b.state == BACKUP
+
+    run(scenario())
+
+
+# --- peers and floods (issue 12) ---------------------------------------------------------------------
+
+PEER, ME, STRANGER = IPv4Address("172.16.1.251"), IPv4Address("172.16.1.252"), IPv4Address("172.16.1.99")
+
+
+def lone_router(
+    advert: int = 1000, peers: tuple[IPv4Address, ...] = (PEER,)
+) -> tuple[VrrpRouter, list, list]:
+    """A router of priority 200 alone on its segment, on the loop's clock: (router, sent, announced)."""
+    loop = asyncio.get_running_loop()
+    sent: list[bytes] = []
+    announced: list[float] = []
+    cfg = Vrrp(vrid=50, priority=200, network=1, advert_ms=advert, version=3, peers=peers)
+    router = VrrpRouter(
+        cfg,
+        ME,
+        ADDRS,
+        MAC,
+        sent.append,
+        lambda state: None,
+        lambda: announced.append(loop.time()),
+        clock=loop.time,
+    )
+    return router, sent, announced
+
+
+@pytest.mark.parametrize("state", [MASTER, BACKUP])
+def test_a_strangers_priority_255_advert_is_dropped_and_counted(state: str) -> None:
+    async def scenario() -> None:
+        router, _, _ = lone_router()
+        router.start()
+        if state == MASTER:
+            await asyncio.sleep(router.master_down_interval() + 0.1)
+        assert router.state == state
+        transitions = router.counters.transitions
+        for priority in (255, 254, 0):
+            router.receive(build(3, 50, priority, 1000, STRANGER, ADDRS, MAC))
+        await asyncio.sleep(5)
+        assert router.state == MASTER  # a backup became master all the same: the stranger is no master
+        assert router.counters.transitions == transitions + (state == BACKUP)
+        assert router.counters.drops == {"not_a_peer": 3}
+        assert router.counters.received == 0
+        router.receive(build(3, 50, 255, 1000, PEER, ADDRS, MAC))  # a peer is obeyed
+        assert router.state == BACKUP and router.master == PEER
+        assert router.view()["peers"] == ["172.16.1.251"]
+
+    run(scenario())
+
+
+def test_without_peers_any_valid_advert_counts_as_before() -> None:
+    async def scenario() -> None:
+        router, _, _ = lone_router(peers=())
+        router.start()
+        await asyncio.sleep(router.master_down_interval() + 0.1)
+        assert router.state == MASTER
+        router.receive(build(3, 50, 255, 1000, STRANGER, ADDRS, MAC))
+        assert router.state == BACKUP and router.master == STRANGER
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("source", [PEER, STRANGER], ids=["forged-peer-address", "no-peers"])
+def test_forged_lower_priority_flood_gets_at_most_one_reassert_per_interval(source: IPv4Address) -> None:
+    """1000 lower-priority adverts in 2 s to a master: RFC 5798 discards them; our re-assert (advert and
+    gratuitous ARP) comes at most once per advert interval, and the adverts add no timers."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        router, sent, announced = lone_router(peers=(PEER,) if source == PEER else ())
+        adverts: list[float] = []
+        router._send = lambda frame: (sent.append(frame), adverts.append(loop.time()))
+        router.start()
+        await asyncio.sleep(router.master_down_interval() + 0.5)
+        assert router.state == MASTER
+        sent.clear()
+        adverts.clear()
+        announced.clear()
+        transitions = router.counters.transitions
+        forged = build(3, 50, 100, 1000, source, ADDRS, MAC)
+        start, timers = loop.time(), 0
+        for _ in range(1000):
+            router.receive(forged)
+            timers = max(timers, len(loop._scheduled))  # type: ignore[attr-defined]
+            await asyncio.sleep(0.002)
+        duration = loop.time() - start
+        assert router.state == MASTER and router.counters.transitions == transitions
+        assert router.counters.received >= 1000
+        # no more adverts than without the flood: one per interval (a re-assert moves the periodic one on)
+        assert len(sent) <= duration / router.advert_interval + 1.01, (len(sent), duration)
+        assert all(b - a >= router.advert_interval - 1e-6 for a, b in zip(adverts, adverts[1:], strict=False))
+        assert 1 <= router.counters.reasserts <= duration / router.advert_interval + 1.01
+        assert len(announced) == router.counters.reasserts
+        assert all(b - a >= router.advert_interval for a, b in zip(announced, announced[1:], strict=False))
+        assert router.counters.drops["reassert_limited"] == 1000 - router.counters.reasserts
+        assert timers <= 2, timers  # the router's one timer and this test's sleep
+
+    run(scenario())
+
+
+def test_backup_rearms_one_timer_however_many_adverts() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        router, _, _ = lone_router()
+        router.start()
+        advert = build(3, 50, 250, 1000, PEER, ADDRS, MAC)
+        timers = 0
+        for _ in range(2000):
+            router.receive(advert)
+            timers = max(timers, len(loop._scheduled))  # type: ignore[attr-defined]
+            await asyncio.sleep(0.001)
+        assert router.state == BACKUP and timers <= 2, timers
+        died = loop.time()  # the master falls silent: the one timer still fires in time
+        while router.state != MASTER:
+            await asyncio.sleep(0.01)
+        assert loop.time() - died <= router.master_down_interval() + 0.02
+
+    run(scenario())
+
+
+class _Host:
+    """What Failover needs of the daemon, without sockets."""
+
+    mac = MAC
+    interface_name = "lo"
+    control_path = "/nonexistent/dsrlb.sock"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+    def rebuild(self) -> None:
+        pass
+
+    def announce_burst(self) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_failover_inbox_is_bounded_rate_limited_and_drops_strangers_early() -> None:
+    """The packet thread posts every VRRP frame; the loop sees at most INBOX of a burst, with one
+    wake-up per batch, whatever the flood."""
+    import threading
+    import time
+
+    from dsrlb import failover
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fo = failover.Failover(_Host())
+        fo.keep_resignation = lambda: None  # type: ignore[method-assign]
+        cfg = Vrrp(vrid=50, priority=200, network=1, version=3, peers=(PEER,))
+        fo.configure(cfg, ME, ADDRS)
+        router = fo.router
+        assert router is not None and router.state == INIT  # not started: receives, never answers
+        stranger = build(3, 50, 255, 1000, STRANGER, ADDRS, MAC)
+        peer = build(3, 50, 100, 1000, PEER, ADDRS, MAC)
+        ready_before = len(loop._ready)  # type: ignore[attr-defined]
+        longest, wakeups = 0, 0
+
+        def flood() -> None:
+            nonlocal longest, wakeups
+            for _ in range(5000):
+                fo.post(stranger)
+                fo.post(peer)
+                longest = max(longest, len(fo._inbox))
+            wakeups = len(loop._ready) - ready_before  # type: ignore[attr-defined]
+
+        began = time.monotonic()
+        thread = threading.Thread(target=flood)
+        thread.start()
+        thread.join()
+        took = time.monotonic() - began
+        assert longest <= failover.INBOX and wakeups <= 1
+        await asyncio.sleep(0)
+        assert not fo._inbox
+        drops = router.counters.drops
+        assert drops["not_a_peer"] == 5000
+        assert router.counters.received + drops["rate_limited"] == 5000
+        assert router.counters.received <= failover.INBOX + failover.INBOX_RATE * took + 1
+        await asyncio.sleep(0.2)  # tokens come back with time
+        fo.post(peer)
+        await asyncio.sleep(0)
+        assert router.view()["adverts_received"] == router.counters.received and drops["rate_limited"] < 5000
 
     run(scenario())

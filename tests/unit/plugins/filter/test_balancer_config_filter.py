@@ -44,6 +44,7 @@ def test_one_server_gets_a_target_per_host_with_defaults():
             {"id": 2, "ipaddr": "172.16.1.101", "port": 80, "protocol": "tcp", "weight": 1, "backup": False},
             {"id": 3, "ipaddr": "web3", "port": 80, "protocol": "tcp", "weight": 1, "backup": False},
         ],
+        "vrrp": None,  # a lone balancer
     }
 
 
@@ -191,3 +192,84 @@ def test_bad_input_is_an_error_that_names_the_item(kwargs, message):
     args = dict(servers=[SERVER]) | kwargs
     with pytest.raises(AnsibleFilterError, match=message):
         config(args.pop("servers"), **args)
+
+
+# --- VRRP peers ---------------------------------------------------------------------------------------
+
+VRRP = {"vrid": 7, "network": 1, "advert": 500}
+BALANCERS = {
+    "lb1": {"dsrlb_vrrp": VRRP, "dsrlb_real": "172.16.1.252"},
+    "lb2": {"dsrlb_vrrp": VRRP, "dsrlb_real": "172.16.1.251"},
+    # its own real on the VRRP network wins over dsrlb_real
+    "lb3": {
+        "dsrlb_vrrp": dict(VRRP, preempt=False),
+        "dsrlb_real": "10.9.9.9",
+        "dsrlb_networks": [
+            {"id": 2, "addr": "10.0.0.0/24", "real": "10.0.0.3"},
+            {"id": 1, "real": "172.16.1.3"},
+        ],
+    },
+    "lb4": {"dsrlb_vrrp": dict(VRRP, vrid=8), "dsrlb_real": "172.16.1.4"},  # another virtual router
+    "lb5": {"dsrlb_vrrp": None, "dsrlb_real": "172.16.1.5"},  # a lone balancer
+    "lb6": {"dsrlb_real": "172.16.1.6"},  # no VRRP in the inventory
+}
+
+
+def vrrp_config(host="lb1", vrrp=None, hosts=tuple(BALANCERS), hostvars=None):
+    vrrp = VRRP if vrrp is None else vrrp
+    hv = HOSTVARS | BALANCERS | (hostvars or {})
+    return balancer_config(
+        [{"id": 1, "vip": "172.16.1.10", "port": 80}],
+        networks=NETWORKS,
+        target_hosts=["web1"],
+        hostvars=hv,
+        real=hv[host]["dsrlb_real"],
+        vrrp=vrrp,
+        balancer_hosts=list(hosts),
+        host=host,
+    )
+
+
+def test_vrrp_peers_are_the_other_balancers_of_the_same_vrid_sorted():
+    assert vrrp_config("lb1")["vrrp"] == dict(VRRP, peers=["172.16.1.3", "172.16.1.251"])
+    assert vrrp_config("lb2")["vrrp"]["peers"] == ["172.16.1.3", "172.16.1.252"]
+    assert vrrp_config("lb3")["vrrp"]["peers"] == ["172.16.1.251", "172.16.1.252"]
+    assert vrrp_config("lb4", vrrp=dict(VRRP, vrid=8))["vrrp"]["peers"] == []  # alone in vrid 8
+
+
+def test_vrrp_peers_given_in_dsrlb_vrrp_are_kept():
+    given = dict(VRRP, peers=["172.16.1.200"])
+    assert vrrp_config("lb1", vrrp=given)["vrrp"] == given
+
+
+def test_vrrp_peers_only_from_the_balancer_group():
+    assert vrrp_config("lb1", hosts=("lb1", "lb3"))["vrrp"]["peers"] == ["172.16.1.3"]
+    assert vrrp_config("lb1", hosts=())["vrrp"]["peers"] == []
+
+
+def test_vrrp_peers_render_as_the_daemon_reads_them():
+    from ansible_collections.dsrlb.fleet.plugins.module_utils.config_render import render
+
+    result = vrrp_config("lb1")
+    text = render(dict(result, vrrp=dict(result["vrrp"], priority=100)))
+    assert "\n    peers 172.16.1.3,172.16.1.251\n}\n" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(vrrp={"network": 1}), "vrrp: a dictionary with vrid is needed"),
+        (dict(vrrp="7"), "vrrp: a dictionary with vrid is needed"),
+        (
+            dict(hostvars={"lb2": {"dsrlb_vrrp": VRRP}}),
+            "balancer host lb2: no address for VRRP network 1: give it dsrlb_real",
+        ),
+        (
+            dict(hostvars={"lb2": {"dsrlb_vrrp": VRRP, "dsrlb_real": "172.16.1.252"}}),
+            "vrrp: another balancer of vrid 7 has this one's address 172.16.1.252",
+        ),
+    ],
+)
+def test_bad_vrrp_peers_are_an_error_that_names_the_host(kwargs, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        vrrp_config("lb1", **kwargs)
