@@ -87,6 +87,7 @@ VRRP_KEYS = (
     ("advert", "int"),
     ("preempt", "onoff"),
     ("version", "int"),
+    ("peers", "iplist"),
 )
 ITEM_FLAGS = ("id", "registered", "enabled")
 
@@ -193,6 +194,24 @@ def _ip(value: t.Any, where: str) -> str:
         raise RenderError(f"{where}: {value!r} is not an IP address") from None
 
 
+def _iplist(value: t.Any, where: str) -> str | None:
+    """IPv4 addresses from a list or an `A,B` string, sorted as the daemon writes them; empty: no line."""
+    parts = (
+        value
+        if isinstance(value, (list, tuple))
+        else [p for p in str(value).replace(" ", "").split(",") if p]
+    )
+    addresses = []
+    for part in parts:
+        try:
+            addresses.append(ipaddress.IPv4Address(str(part).strip()))
+        except ValueError:
+            raise RenderError(f"{where}: {part!r} is not an IPv4 address") from None
+    if len(set(addresses)) != len(addresses):
+        raise RenderError(f"{where}: an address is listed twice in {value!r}")
+    return ",".join(str(address) for address in sorted(addresses)) or None
+
+
 def _mask(value: t.Any, where: str) -> str:
     """Dotted, as the daemon writes it, also when given as a prefix length."""
     try:
@@ -215,6 +234,8 @@ def _format(kind: str, key: str, value: t.Any, where: str) -> str | None:
         return _number(value, where, integer=kind == "int")
     if kind == "ip":
         return _ip(value, where)
+    if kind == "iplist":
+        return _iplist(value, where)
     if kind == "mask":
         return _mask(value, where)
     if kind == "check":
@@ -319,6 +340,9 @@ def derive_modules(spec: dict[str, t.Any]) -> list[str]:
     return [name for name in MODULES if name in needed]
 
 
+_SETTING_KINDS = {float: "number", int: "int"}  # by the type of a `set` key's default; else text
+
+
 def render(spec: dict[str, t.Any]) -> str:
     """Canonical config text for `spec` (keys: modules, settings, interfaces, networks, servers,
     targets, vrrp), raising RenderError with the path of the first bad field."""
@@ -332,7 +356,7 @@ def render(spec: dict[str, t.Any]) -> str:
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise RenderError(f"settings: unknown key(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
-    kinds = [(key, "number" if isinstance(DEFAULTS["set"][key], float) else "text") for key in SETTINGS]
+    kinds = [(key, _SETTING_KINDS.get(type(DEFAULTS["set"][key]), "text")) for key in SETTINGS]
     lines += _key_lines("set", kinds, settings, "settings", indent="set ")
 
     for keyword, option, keys in BLOCKS:

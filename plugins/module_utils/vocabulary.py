@@ -26,6 +26,9 @@ DEFAULTS = {
         "arprefresh": 30.0,
         "arpexpire": 90.0,
         "drainidle": 5.0,
+        "flows": 262144,
+        "sessions": 262144,
+        "embryonic": 5.0,
     },
     "interface": {"access": "raw", "threads": 1},
     "network": {"name": ""},
@@ -33,4 +36,4 @@ DEFAULTS = {
     "target": {"weight": 1},
     "vrrp": {"advert": 1000, "preempt": True, "version": 3},
 }
-SETTINGS = ("control", "metrics", "arprefresh", "arpexpire", "drainidle")
+SETTINGS = ("control", "metrics", "arprefresh", "arpexpire", "drainidle", "flows", "sessions", "embryonic")

@@ -56,6 +56,19 @@ options:
       drainidle:
         description: A draining target counts as drained after its connections were idle this many seconds.
         type: float
+      flows:
+        description:
+          - Capacity of the flow table (about 300 bytes each). Beyond it a new flow is not recorded and
+            follows the stateless choice; nothing is dropped.
+        type: int
+      sessions:
+        description:
+          - Capacity of the client sessions of all virtual servers together (about 200 bytes each). Beyond
+            it a new client is not recorded and follows the stateless choice; nothing is dropped.
+        type: int
+      embryonic:
+        description: Idle timeout in seconds of a flow with one packet only (a TCP SYN, one UDP datagram).
+        type: float
   interfaces:
     description: C(interface N { }) blocks.
     type: list
@@ -238,6 +251,14 @@ options:
         description: VRRP protocol version.
         type: int
         choices: [2, 3]
+      peers:
+        description:
+          - IPv4 addresses of the other balancers of the virtual router (C(peers), a dsrlb extension).
+            Adverts from any other source are dropped and counted; written sorted.
+          - Without it any host on the segment can take over the shared addresses with a forged advert,
+            and C(dsrlb check) warns.
+        type: list
+        elements: str
   validate:
     description: Check the rendered text with C(dsrlb check) before installing it.
     type: bool
@@ -404,6 +425,9 @@ def argument_spec() -> dict:
                 arprefresh=dict(type="float"),
                 arpexpire=dict(type="float"),
                 drainidle=dict(type="float"),
+                flows=dict(type="int"),
+                sessions=dict(type="int"),
+                embryonic=dict(type="float"),
             ),
         ),
         interfaces=dict(
@@ -475,6 +499,7 @@ def argument_spec() -> dict:
                 advert=dict(type="int"),
                 preempt=dict(type="bool"),
                 version=dict(type="int", choices=[2, 3]),
+                peers=dict(type="list", elements="str"),
             ),
         ),
         validate=dict(type="bool", default=True),

@@ -102,11 +102,14 @@ from ansible_collections.dsrlb.fleet.plugins.module_utils.control import (  # no
 
 
 def gather(client: ControlClient, what: list[str]) -> dict:
-    """One request per item; sessions are returned as a count, the table itself can be large."""
+    """One request per item; sessions are returned as a count (the sum over the virtual servers): the
+    table itself can be large, and the daemon answers `show sessions` a page at a time."""
     facts: dict = {}
     for item in what:
-        data = client.show(item)
-        facts[item] = len(data or []) if item == "sessions" else data
+        if item == "sessions":
+            facts[item] = sum(server["sessions"] for server in client.show("servers") or [])
+        else:
+            facts[item] = client.show(item)
     return facts
 
 

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(SHOW, help="show state of a running daemon")
     p.add_argument("what", choices=SHOW_VIEWS)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="sessions: the first N (default 1000, at most 2000)"
+    )
+    p.add_argument("--client", metavar="ADDRESS", help="sessions: only this client's")
     p.set_defaults(func=_client)
 
     p = sub.add_parser(TARGET, help="change a target of a running daemon")

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import socket
 import sys
 from typing import Any, Protocol
 
-from dsrlb.views import Status
+from dsrlb.views import ENDPOINTS, SESSIONS_MAX, Endpoint, Status
 from dsrlb.vocabulary import DEFAULT_CONTROL, RELOAD, SHOW, SHOW_VIEWS, TARGET, TARGET_ACTIONS
 
-MAX_REQUEST = 65536
+MAX_REQUEST = 65536  # bytes of one request line, newline included
+DEADLINE = 2.0  # seconds to read a whole request, and again to hand over its answer
+MAX_CONNECTIONS = 64  # open at once (see views.Endpoint)
+BACKLOG = 1024  # connections the kernel queues for accept
 
 
 class Controlled(Status, Protocol):
@@ -33,6 +37,8 @@ async def handle(daemon: Controlled, request: dict[str, Any]) -> dict[str, Any]:
         what = request.get("what", "")
         if what not in SHOW_VIEWS:
             return _error(f"show what? one of {', '.join(SHOW_VIEWS)}")
+        if what == "sessions":
+            return await _sessions(daemon, request)
         return {"ok": True, "data": getattr(daemon, f"show_{what}")()}
     if cmd == TARGET:
         action, tid = request.get("action"), request.get("id")
@@ -50,12 +56,66 @@ async def handle(daemon: Controlled, request: dict[str, Any]) -> dict[str, Any]:
     return _error(f"unknown command {cmd!r}")
 
 
+async def _sessions(daemon: Controlled, request: dict[str, Any]) -> dict[str, Any]:
+    """{"cmd": "show", "what": "sessions", optional "limit": N, "client": ADDRESS}: the first N rows in
+    "data", "total" counts all and "truncated" says there are more (views.sessions)."""
+    paging = {k: request[k] for k in ("limit", "client") if k in request}
+    limit = paging.get("limit", 0)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= SESSIONS_MAX:
+        return _error(f"sessions: limit must be an integer from 0 to {SESSIONS_MAX}")
+    if "client" in paging:
+        try:
+            paging["client"] = str(ipaddress.IPv4Address(str(paging["client"])))
+        except ValueError:
+            return _error(f"sessions: client {paging['client']!r} is not an IPv4 address")
+    page = daemon.show_sessions(**paging)
+    await asyncio.sleep(0)  # the page and its JSON text each take the loop for a while: not both at once
+    return {"ok": True, "data": page["sessions"], "total": page["total"], "truncated": page["truncated"]}
+
+
 def _error(message: str, errors: list[str] | None = None) -> dict[str, Any]:
     return {"ok": False, "error": message, "errors": errors or []}
 
 
-async def serve(daemon: Controlled, path: str) -> asyncio.AbstractServer:
-    """Listen on `path` (mode 0660); a stale socket file from a dead daemon is replaced."""
+async def _converse(
+    daemon: Controlled,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    endpoint: Endpoint,
+    deadline: float,
+) -> None:
+    """Read one request within the deadline, answer it, hand over the answer within the deadline. The
+    request itself (a reload) is not timed: cancelling it halfway would leave a half-applied config."""
+    try:
+        async with asyncio.timeout(deadline):
+            line = await reader.readline()
+    except ValueError:  # the line is longer than the reader's limit, MAX_REQUEST
+        endpoint.oversize += 1
+        answer = _error(f"request larger than {MAX_REQUEST} bytes")
+    else:
+        if not line or writer.transport not in endpoint.conns:
+            return  # connected and went away (a liveness probe), or closed to make room
+        endpoint.busy(writer.transport)
+        try:
+            request = json.loads(line)
+            answer = await handle(daemon, request) if isinstance(request, dict) else _error("not an object")
+        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, nested too deep
+            answer = _error(f"bad request: {err}")
+    async with asyncio.timeout(deadline):
+        writer.write(_line(answer))
+        await writer.drain()
+
+
+def _line(answer: dict[str, Any]) -> bytes:
+    return json.dumps(answer).encode() + b"\n"
+
+
+async def serve(
+    daemon: Controlled, path: str, deadline: float = DEADLINE, max_connections: int = MAX_CONNECTIONS
+) -> asyncio.AbstractServer:
+    """Listen on `path` (mode 0660); a stale socket file from a dead daemon is replaced. At most
+    `max_connections` at once (views.Endpoint), each closed `deadline` s after connecting unless its
+    request is in."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX)
@@ -68,24 +128,26 @@ async def serve(daemon: Controlled, path: str) -> asyncio.AbstractServer:
         finally:
             probe.close()
 
+    endpoint = ENDPOINTS["control"] = Endpoint(max_connections)
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = writer.transport
+        if not endpoint.admit(conn):
+            writer.write(_line(_error(f"busy: {max_connections} requests in progress, try again")))
+            writer.close()
+            return
         try:
-            line = await reader.readline()
-            try:
-                request = json.loads(line[:MAX_REQUEST])
-                answer = (
-                    await handle(daemon, request) if isinstance(request, dict) else _error("not an object")
-                )
-            except json.JSONDecodeError as err:
-                answer = _error(f"bad request: {err}")
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
+            await _converse(daemon, reader, writer, endpoint, deadline)
+        except (TimeoutError, ConnectionError):
+            endpoint.expired += 1
+            conn.abort()
         finally:
+            endpoint.release(conn)
             writer.close()
 
     old = os.umask(0o117)
     try:
-        server = await asyncio.start_unix_server(client, path)
+        server = await asyncio.start_unix_server(client, path, limit=MAX_REQUEST, backlog=BACKLOG)
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
@@ -164,6 +226,11 @@ def cli(args: argparse.Namespace) -> int:
         message = {"cmd": RELOAD}
     else:
         message = {"cmd": SHOW, "what": args.what}
+        paging = {k: v for k in ("limit", "client") if (v := getattr(args, k, None)) is not None}
+        if paging and args.what != "sessions":
+            print("dsrlb: --limit and --client are for show sessions", file=sys.stderr)
+            return 2
+        message.update(paging)
     path = args.socket or DEFAULT_CONTROL
     try:
         answer = request(path, message)
@@ -184,4 +251,8 @@ def cli(args: argparse.Namespace) -> int:
         print(f"reloaded: generation {data['generation']}")
     else:
         print(render(args.what, data))
+    if answer.get("truncated"):
+        more = answer["total"] - len(data)
+        note = f"… {more} more (of {answer['total']}; --limit N up to {SESSIONS_MAX}, or --client ADDRESS)"
+        print(note, file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -2,14 +2,16 @@
 resolution, failover, the control socket and metrics in asyncio, and hand the data plane complete
 forwarding tables (built by `tables.build`).
 
-A reload parses the new file first; only a config without errors replaces the running one, so a bad
-file never stops traffic. Runtime target state (admin overrides, health, MACs, sessions) is kept for
+A reload parses the new file and builds everything derived from it (packet filter, VRRP advert,
+forwarding table) first; only a config that passes all of it replaces the running one, so a bad file
+never stops traffic. Runtime target state (admin overrides, health, MACs, sessions) is kept for
 targets that still exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -17,6 +19,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 from dsrlb import control, metrics, systemd, tables, views
@@ -25,12 +28,13 @@ from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
 from dsrlb.dataplane.forwarder import Forwarder, ServiceState
 from dsrlb.dataplane.packet import arp_frame, gratuitous_arp
-from dsrlb.dataplane.ring import PacketRing
+from dsrlb.dataplane.ring import Insn, PacketRing, check_filter
 from dsrlb.failover import Failover
 from dsrlb.health import HealthMonitor
 from dsrlb.ingress import IngressFilter
 from dsrlb.selection import Selector
 from dsrlb.vrrp import GROUP_MAC
+from dsrlb.vrrp import build as build_advert
 
 log = logging.getLogger("dsrlb")
 
@@ -66,6 +70,15 @@ class TargetRuntime:
         return self.monitor.detail if self.monitor else "no health check"
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a config derives, built and checked before the config is adopted."""
+
+    network: Network
+    addresses: list[IPv4Address]  # answered for: VIPs and `virt`
+    program: list[Insn]  # the packet filter for them
+
+
 def data_plane_of(config: Config) -> tuple[Interface, Network]:
     """The one interface this daemon forwards on, and its network."""
     interfaces = [i for i in config.interfaces.values() if i.registered and i.enabled]
@@ -90,7 +103,6 @@ class Daemon:
     # Set by main() once the config is loaded and the interface opened; they live as long as the process.
     interface: Interface
     network: Network
-    ring: PacketRing
     arp_sock: socket.socket
     forwarder: Forwarder
     ingress: IngressFilter
@@ -105,9 +117,11 @@ class Daemon:
         self._selectors: dict[tuple, Selector] = {}
         self._rebuild_scheduled = False
         self.started = time.monotonic()
+        self.warm = False  # cold start: no forwarding and no ARP/ping answers until `ready()` (_warm_up)
         self.failover = Failover(self)
         self.ring_drops = 0
         self.stopping: asyncio.Event | None = None
+        self.exit_status = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def main(self) -> int:
@@ -124,9 +138,15 @@ class Daemon:
             print(f"dsrlb: {err}", file=sys.stderr)
             return 1
         try:
-            self.ring = PacketRing(self.interface.name)
+            self.forwarder = Forwarder(PacketRing(self.interface.name))
         except OSError as err:
             print(f"dsrlb: interface {self.interface.name}: {err.strerror or err}", file=sys.stderr)
+            return 1
+        try:
+            plan = self._prepare(self.config, self.network)
+        except StartupError as err:
+            self.ring.close()
+            print(f"dsrlb: {err}", file=sys.stderr)
             return 1
         if self.interface.threads > 1:
             log.warning(
@@ -136,46 +156,87 @@ class Daemon:
             )
         self.arp_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.arp_sock.bind((self.interface.name, 0))
-        self.forwarder = Forwarder(self.ring)
         self.ingress = IngressFilter(self.interface.name)
         loop = asyncio.get_running_loop()
         self.forwarder.on_neighbor = lambda ip: loop.call_soon_threadsafe(self.schedule_rebuild)
-        self.forwarder.on_vrrp = lambda frame: loop.call_soon_threadsafe(self.failover.receive, frame)
+        self.forwarder.on_vrrp = self.failover.post  # bounded and rate-limited; drained on the loop
+        self.forwarder.on_reopen = lambda: loop.call_soon_threadsafe(self._link_back)
+        self.forwarder.on_failure = lambda: loop.call_soon_threadsafe(self._packet_loop_died)
         self.ring.join(GROUP_MAC)
         self.stopping = asyncio.Event()
-        self._apply(self.config)
+        self._apply(self.config, plan)
         self.forwarder.start()
         self.failover.start()
         servers = await self._start_servers()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        arp_task = asyncio.create_task(self._resolve_targets())
-        garp_task = asyncio.create_task(self._keep_announcing())
-        if self.failover.router is None:
-            self._announce()
+        tasks = [asyncio.create_task(self._resolve_targets()), asyncio.create_task(self._keep_announcing())]
+        watchdog = systemd.watchdog_interval()
+        if watchdog is not None:
+            tasks.append(asyncio.create_task(self._feed_watchdog(watchdog)))
+        await self._warm_up()
+        self._announce()  # alone, or a VRRP master elected while warming up: its burst was held back
         systemd.notify("READY=1\nSTATUS=forwarding")
         log.info("forwarding on %s (%s) with %s", self.interface.name, self.ring.mac.hex(":"), self.path)
         await self.stopping.wait()
         systemd.notify("STOPPING=1")
         await self.failover.hand_over()
-        arp_task.cancel()
-        garp_task.cancel()
+        for task in tasks:
+            task.cancel()
         for rt in self.runtime.values():
             if rt.task:
                 rt.task.cancel()
         for server in servers:
             server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.control_path)  # a client that asks now is told no daemon runs, not "refused"
         self.forwarder.stop()
         self.ingress.remove()
         self.ring.close()
         self.arp_sock.close()
-        return 0
+        return self.exit_status
+
+    def _packet_loop_died(self) -> None:
+        """Exit non-zero: systemd restarts the daemon and `dsrlb resign` runs for a dead master."""
+        log.critical("the packet loop died (traceback above): exiting with status 1")
+        systemd.notify("STATUS=packet loop died")
+        self.exit_status = 1
+        assert self.stopping is not None
+        self.stopping.set()
+
+    def _link_back(self) -> None:
+        """The ring was reopened after the link went away: the interface may be a new one (new MAC,
+        new index for the ARP socket), and neighbours may have flushed our addresses meanwhile."""
+        try:
+            self.arp_sock.bind((self.interface.name, 0))
+        except OSError as err:
+            log.warning("cannot rebind the ARP socket to %s: %s", self.interface.name, err)
+        self.rebuild()
+        self.announce_burst()
+
+    async def _feed_watchdog(self, interval: float) -> None:
+        """Ping systemd's watchdog only while the packet loop makes progress: a stuck loop (or a stuck
+        event loop) goes unfed, and systemd kills and restarts the daemon."""
+        seen = None
+        while True:
+            beat = self.forwarder.heartbeat
+            if beat != seen:
+                systemd.notify("WATCHDOG=1")
+            else:
+                log.error("the packet loop made no progress for %.1f s: not feeding the watchdog", interval)
+            seen = beat
+            await asyncio.sleep(interval)
 
     @property
     def control_path(self) -> str:
         assert self.config is not None
         return self.control_override or self.config.settings.control
+
+    @property
+    def ring(self) -> PacketRing:
+        """The forwarder's current ring: it opens a new one when the link comes back."""
+        return self.forwarder.ring
 
     @property
     def mac(self) -> bytes:
@@ -209,14 +270,44 @@ class Daemon:
             msg = f"{config.source}: changing the data interface needs a restart"
             log.error("reload rejected: %s", msg)
             return False, [msg]
-        self.network = network
-        self._apply(config)
+        try:
+            plan = self._prepare(config, network)
+        except StartupError as err:
+            log.error("reload rejected, keeping generation %d: %s", self.generation, err)
+            return False, [str(err)]
+        self._apply(config, plan)
         log.info("reloaded %s: generation %d", self.path, self.generation)
         return True, []
 
-    def _apply(self, config: Config) -> None:
-        """Adopt a validated config: start/stop health monitors, keep runtime state, rebuild."""
+    def _prepare(self, config: Config, network: Network) -> Plan:
+        """Build and check everything `config` derives, changing nothing: a config this daemon cannot
+        run (say, more addresses than the packet filter holds) is refused while the old one serves."""
+        addresses = tables.addresses(config, network)
+        try:
+            program = bpf.program(addresses)
+            check_filter(program)
+            if config.vrrp is not None:
+                v = config.vrrp
+                source = config.networks[v.network].real
+                build_advert(v.version, v.vrid, v.priority, v.advert_ms, source, addresses, self.mac)
+            serving = tables.serving_targets(config)
+            tables.build(
+                config,
+                network,
+                {tid: tables.TargetStatus() for tid in serving},
+                {t.ipaddr.packed: self.mac for t in serving.values()},
+                self.mac,
+                {sid: ServiceState() for sid, s in config.servers.items() if s.serving},
+                selectors=self._selectors,
+            )
+        except Exception as err:  # whatever fails here would have failed halfway through _apply
+            raise StartupError(f"{config.source}: this daemon cannot run it: {err}") from err
+        return Plan(network, addresses, program)
+
+    def _apply(self, config: Config, plan: Plan) -> None:
+        """Adopt a config `_prepare` accepted: start/stop health monitors, keep runtime state, rebuild."""
         self.config = config
+        self.network = plan.network
         self.generation += 1
         wanted = tables.serving_targets(config)
         for tid in list(self.runtime):
@@ -242,11 +333,10 @@ class Daemon:
         for sid, server in config.servers.items():
             if server.serving:
                 self.states.setdefault(sid, ServiceState())
-        addresses = tables.addresses(config, self.network)
         source = config.networks[config.vrrp.network].real if config.vrrp else self.network.real
-        self.failover.configure(config.vrrp, source, addresses)
-        self.ring.attach_filter(bpf.program(addresses))
-        self.ingress.apply(addresses)
+        self.failover.configure(config.vrrp, source, plan.addresses)
+        self.forwarder.attach_filter(plan.program)
+        self.ingress.apply(plan.addresses)
         self.rebuild()
 
     # --- forwarding table ---------------------------------------------------------------------
@@ -280,8 +370,8 @@ class Daemon:
             self._macs(),
             self.ring.mac,
             self.states,
-            forwarding=self.failover.forwarding,
-            answering=self.failover.answering,
+            forwarding=self.failover.forwarding and self.warm,
+            answering=self.failover.answering and self.warm,
             selectors=self._selectors,
         )
         self._selectors = built.selectors
@@ -318,7 +408,7 @@ class Daemon:
 
     def _announce(self) -> None:
         """Gratuitous ARP for every address we answer for, so neighbours learn our MAC at once."""
-        if not self.failover.answering:
+        if not self.failover.answering or not self.warm:
             return
         assert self.config is not None
         for addr in tables.addresses(self.config, self.network):
@@ -336,6 +426,16 @@ class Daemon:
         self._announce()
         for delay in GARP_BURST:
             loop.call_later(delay, self._announce)
+
+    async def _warm_up(self) -> None:
+        """Cold start: forward and answer for our addresses only once `ready()` (every target checked
+        and every healthy one's MAC known, or the longest check timeout passed). A client that came
+        earlier would be pinned to whichever target happened to be usable first, for its whole session."""
+        assert self.stopping is not None
+        while not self.ready() and not self.stopping.is_set():
+            await asyncio.sleep(0.1)
+        self.warm = True
+        self.rebuild()
 
     def ready(self) -> bool:
         """Ready to take over from a working master: every target has been checked and every healthy
@@ -382,11 +482,11 @@ class Daemon:
         assert self.config is not None
         return views.servers(self.config, self.states)
 
-    def show_sessions(self) -> list[dict[str, Any]]:
-        return views.sessions(self.states, time.monotonic())
+    def show_sessions(self, limit: int = views.SESSIONS_LIMIT, client: str | None = None) -> dict[str, Any]:
+        return views.sessions(self.states, time.monotonic(), limit, client)
 
     def show_stats(self) -> dict[str, Any]:
-        self.ring_drops += self.ring.kernel_drops()  # read-and-reset in the kernel, so accumulate here
+        self.ring_drops += self.forwarder.kernel_drops()  # read-and-reset in the kernel, so accumulate here
         return views.stats(
             self.forwarder.stats, self.ring_drops, self.generation, time.monotonic() - self.started
         )

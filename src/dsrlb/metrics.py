@@ -6,8 +6,9 @@ Rendered from the same views as the control socket, so both always agree.
 from __future__ import annotations
 
 import asyncio
+import json
 
-from dsrlb.views import Status
+from dsrlb.views import ENDPOINTS, Endpoint, Status
 
 
 def _labels(**labels: object) -> str:
@@ -77,10 +78,46 @@ def render(daemon: Status) -> str:
     for key in ("rx", "tx", "forwarded", "arp_replies", "icmp_replies", "checksums_fixed"):
         metric(f"{key}_total", "counter", f"Frames: {key.replace('_', ' ')}.", [({}, stats[key])])
     metric(
+        "link_down_total",
+        "counter",
+        "Times the data link went down or away (or changed its MTU) and the packet ring was reopened.",
+        [({}, stats["link_down"])],
+    )
+    metric(
+        "tx_errors_total",
+        "counter",
+        "Sends refused by a busy device (ENOBUFS); the frames stayed queued.",
+        [({}, stats["tx_errors"])],
+    )
+    metric(
         "drops_total",
         "counter",
         "Frames dropped, by reason.",
         [({"reason": r}, n) for r, n in sorted(stats["drops"].items())],
+    )
+    metric(
+        "table_entries",
+        "gauge",
+        "Entries in the flow table and in the session tables of all virtual servers.",
+        [({"table": "flows"}, stats["flows"]), ({"table": "sessions"}, stats["sessions"])],
+    )
+    metric(
+        "table_overflows_total",
+        "counter",
+        "Packets of new flows not recorded because a table was full; they followed the stateless choice.",
+        [({"table": "flows"}, stats["flows_overflow"]), ({"table": "sessions"}, stats["sessions_overflow"])],
+    )
+    metric(
+        "flows_expired_total",
+        "counter",
+        "Flows expired idle: after one packet (embryonic) or after more.",
+        [({"kind": "embryonic"}, stats["expired_embryonic"]), ({"kind": "established"}, stats["expired"])],
+    )
+    metric(
+        "arp_target_changes_total",
+        "counter",
+        "Changes of a target's MAC heard in ARP: taken (replies to us) or ignored (rate limit, not a reply).",
+        [({"result": "changed"}, stats["arp_changed"]), ({"result": "ignored"}, stats["arp_ignored"])],
     )
     metric(
         "config_generation",
@@ -114,24 +151,95 @@ def render(daemon: Status) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def serve(daemon: Status, host: str, port: int) -> asyncio.AbstractServer:
+MAX_REQUEST = 8192  # bytes of a request head (request line and headers)
+DEADLINE = 3.0  # seconds to read a whole request head (a scraper sends it at once), and again to answer
+MAX_CONNECTIONS = 64  # open at once (see views.Endpoint)
+BACKLOG = 1024  # a flood is accepted (and closed) at once, not left to SYN-ACK retries for seconds
+
+
+def endpoint_metrics(endpoints: dict[str, Endpoint] = ENDPOINTS) -> str:
+    """The local endpoints' connections (control socket, metrics; views.Endpoint)."""
+    lines = []
+    for key, help_text in (
+        ("open", "Connections open."),
+        ("rejected", "Connections closed at once at the cap, every one open being answered."),
+        ("evicted", "Connections closed at the cap before they sent a request, to make room."),
+        ("expired", "Connections closed at the request deadline."),
+        ("oversize", "Requests larger than the endpoint takes."),
+    ):
+        name, kind = (
+            ("dsrlb_endpoint_open", "gauge") if key == "open" else (f"dsrlb_endpoint_{key}_total", "counter")
+        )
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f"{name}{_labels(endpoint=e)} {c.counts()[key]}" for e, c in sorted(endpoints.items())]
+    return "\n".join(lines) + "\n"
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """The request line; the headers are read (at most MAX_REQUEST bytes in all) and ignored."""
+    request = await reader.readline()
+    size = len(request)
+    while line := await reader.readline():
+        size += len(line)
+        if size > MAX_REQUEST:
+            raise ValueError("request head too large")
+        if not line.strip():
+            break
+    return request
+
+
+def _answer(status: str, content_type: str, body: bytes) -> bytes:
+    head = f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def serve(
+    daemon: Status, host: str, port: int, deadline: float = DEADLINE, max_connections: int = MAX_CONNECTIONS
+) -> asyncio.AbstractServer:
+    """HTTP/1.0 GET /metrics. At most `max_connections` at once (views.Endpoint), each closed `deadline` s
+    after connecting unless its request head is in; a head over MAX_REQUEST bytes gets a JSON error (431)."""
+    endpoint = ENDPOINTS["metrics"] = Endpoint(max_connections)
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = writer.transport
+        if not endpoint.admit(conn):
+            writer.write(_answer("503 Service Unavailable", "text/plain", b"busy, try again\n"))
+            writer.close()
+            return
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)).strip():
-                pass
+            try:
+                async with asyncio.timeout(deadline):
+                    request = await _read_head(reader)
+            except ValueError:  # a line over the reader's limit, or a head over MAX_REQUEST
+                endpoint.oversize += 1
+                error = _json({"ok": False, "error": f"request head larger than {MAX_REQUEST} bytes"})
+                async with asyncio.timeout(deadline):
+                    writer.write(_answer("431 Request Header Fields Too Large", "application/json", error))
+                    writer.write_eof()
+                    while await reader.read(65536):  # what is left: closing on it would reset the answer
+                        pass
+                return
+            if conn not in endpoint.conns:
+                return  # closed to make room
+            endpoint.busy(conn)
             parts = request.split()
             if len(parts) >= 2 and parts[0] == b"GET" and parts[1] in (b"/metrics", b"/"):
-                body = render(daemon).encode()
-                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                body = (render(daemon) + endpoint_metrics()).encode()
+                answer = _answer("200 OK", "text/plain; version=0.0.4", body)
             else:
-                body = b"not found: try /metrics\n"
-                head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await writer.drain()
+                answer = _answer("404 Not Found", "text/plain", b"not found: try /metrics\n")
+            async with asyncio.timeout(deadline):
+                writer.write(answer)
+                await writer.drain()
         except (TimeoutError, ConnectionError):
-            pass
+            endpoint.expired += 1
+            conn.abort()
         finally:
+            endpoint.release(conn)
             writer.close()
 
-    return await asyncio.start_server(client, host, port)
+    return await asyncio.start_server(client, host, port, limit=MAX_REQUEST, backlog=BACKLOG)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode() + b"\n"

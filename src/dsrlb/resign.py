@@ -7,11 +7,15 @@ is still there once the daemon is gone: a sentinel process the daemon starts (`w
 moment the daemon dies) and, should that one be gone too, `dsrlb resign`, which systemd runs after the
 service has stopped for any reason (ExecStopPost). A clean stop, or leaving the master state, removes
 the file, so a backup never resigns and a second sender finds nothing.
+
+Both only send a frame: they keep CAP_NET_RAW and drop every other capability first (the unit gives
+the daemon CAP_NET_ADMIN too, for its ingress filter, and both would inherit it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import select
@@ -23,6 +27,31 @@ import tempfile
 from pathlib import Path
 
 REPEAT = 3  # one lost frame must not cost the takeover
+
+
+CAP_NET_RAW = 13
+_CAPABILITY_VERSION_3 = 0x20080522  # capget/capset: two 32-bit words per set
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+
+
+def keep_only_net_raw() -> str | None:
+    """Reduce this process's capabilities to CAP_NET_RAW at most (effective, permitted, inheritable,
+    ambient; a process may always drop its own). Returns why it could not, for the journal."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # [effective, permitted, inheritable] for bits 0-31, then 32-63
+    if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 or libc.capget(header, data) != 0:
+        return os.strerror(ctypes.get_errno())
+    for i in range(6):
+        data[i] &= (1 << CAP_NET_RAW) if i < 3 else 0
+    if libc.capset(header, data) != 0:
+        return os.strerror(ctypes.get_errno())
+    return None
+
+
+def _drop_capabilities() -> None:
+    if (why := keep_only_net_raw()) is not None:
+        print(f"dsrlb resign: cannot drop capabilities ({why}); going on", file=sys.stderr)
 
 
 def path_for(control_socket: str) -> Path:
@@ -69,6 +98,7 @@ def watch(pid: int, path: Path) -> None:
     daemon dies, systemd stops the rest of its service and that must not beat the resignation."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    _drop_capabilities()
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -90,6 +120,7 @@ def report(path: Path) -> int:
 
 def main(control_socket: str) -> int:
     """`dsrlb resign`: says what it did; a failure to send is the only failure."""
+    _drop_capabilities()
     return report(path_for(control_socket))
 
 

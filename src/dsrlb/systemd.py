@@ -1,4 +1,4 @@
-"""sd_notify without libsystemd: readiness and status for `Type=notify` units."""
+"""sd_notify without libsystemd: readiness, status and watchdog pings for `Type=notify` units."""
 
 from __future__ import annotations
 
@@ -17,3 +17,13 @@ def notify(message: str) -> bool:
         sock.connect(address)
         sock.sendall(message.encode())
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between watchdog pings (half of `WatchdogSec`), or None when no watchdog is asked of
+    this process (WATCHDOG_PID, when set, names the process the manager watches)."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6

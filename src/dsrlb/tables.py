@@ -103,4 +103,14 @@ def build(
         )
     answer = frozenset(a.packed for a in addresses(config, network)) if answering else frozenset()
     neighbors = frozenset(t.ipaddr.packed for t in serving_targets(config).values())
-    return Built(ForwardingTable(services, answer, neighbors, config.settings.drainidle), built)
+    settings = config.settings
+    table = ForwardingTable(
+        services,
+        answer,
+        neighbors,
+        settings.drainidle,
+        flows=settings.flows,
+        sessions=settings.sessions,
+        embryonic=settings.embryonic,
+    )
+    return Built(table, built)

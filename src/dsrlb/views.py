@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from typing import Any, Protocol
 
 from dsrlb.config.model import Config
@@ -21,7 +22,9 @@ class Status(Protocol):
 
     def show_servers(self) -> list[dict[str, Any]]: ...
     def show_targets(self) -> list[dict[str, Any]]: ...
-    def show_sessions(self) -> list[dict[str, Any]]: ...
+    def show_sessions(
+        self, limit: int = ..., client: str | None = None
+    ) -> dict[str, Any]: ...  # views.sessions
     def show_stats(self) -> dict[str, Any]: ...
     def show_vrrp(self) -> dict[str, Any]: ...
 
@@ -106,22 +109,103 @@ def servers(config: Config, states: Mapping[int, ServiceState]) -> list[dict[str
     return out
 
 
-def sessions(states: Mapping[int, ServiceState], now: float) -> list[dict[str, Any]]:
-    out = []
+SESSIONS_LIMIT = 1000  # rows of one `show sessions` answer unless it asks for another limit
+SESSIONS_MAX = 2000  # the most one answer may have: about 10 ms of the event loop, whatever the table size
+
+
+def sessions(
+    states: Mapping[int, ServiceState], now: float, limit: int = SESSIONS_LIMIT, client: str | None = None
+) -> dict[str, Any]:
+    """The first `limit` (<= SESSIONS_MAX) sessions by server then age, or only `client`'s (dotted
+    quad); `total` counts them all and `truncated` says the rows are not all of them.
+
+    The tables are never copied (a million sessions took the event loop for 2 s) nor walked past the
+    page (skipping to an offset would cost 25 ms per million): the page is a slice from the start of
+    each dict, which the packet thread owns and may resize while it is taken.
+    """
+    limit = max(0, min(limit, SESSIONS_MAX))
+    want = socket.inet_aton(client) if client is not None else None
+    picked: list[tuple[int, bytes, Any]] = []
+    total = 0
     for sid, state in sorted(states.items()):
-        for client, session in list(state.sessions.items()):
-            out.append(
-                {
-                    "server": sid,
-                    "client": socket.inet_ntoa(client),
-                    "target": session.target,
-                    "idle": round(now - session.seen, 1),
-                }
-            )
-    return out
+        table = state.sessions
+        if want is not None:
+            found = table.get(want)
+            table = {} if found is None else {want: found}
+        total += len(table)
+        if len(picked) < limit:
+            picked += [(sid, c, session) for c, session in _first(table, limit - len(picked))]
+    rows = [
+        {
+            "server": sid,
+            "client": socket.inet_ntoa(c),
+            "target": session.target,
+            "idle": round(now - session.seen, 1),
+        }
+        for sid, c, session in picked
+    ]
+    return {"sessions": rows, "total": total, "truncated": len(rows) < total}
 
 
-def stats(st: Stats, ring_drops: int, generation: int, uptime: float) -> dict[str, Any]:
+def _first(table: Mapping[bytes, Any], n: int) -> list[tuple[bytes, Any]]:
+    for _ in range(10):
+        try:
+            return list(islice(table.items(), n))
+        except RuntimeError:  # "dictionary changed size during iteration": the packet thread; again
+            continue
+    return []
+
+
+class Abortable(Protocol):
+    def abort(self) -> None: ...  # close now (an asyncio transport)
+
+
+class Endpoint:
+    """The connections of a local endpoint (control socket, metrics), at most `cap` at once: at the cap
+    a new one takes the place of the oldest that has not sent its request yet, or is closed at once
+    when every one is being answered. The counters are shown in `show stats` and the metrics."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.conns: set[Abortable] = set()
+        self.idle: dict[Abortable, None] = {}  # still reading their request, oldest first
+        self.rejected = 0  # closed at once at the cap
+        self.evicted = 0  # idle, closed at the cap for a new one
+        self.expired = 0  # request not in, or answer not taken, within the deadline
+        self.oversize = 0  # request larger than the endpoint takes: an error answer
+
+    def admit(self, conn: Abortable) -> bool:
+        if len(self.conns) >= self.cap:
+            if not self.idle:
+                self.rejected += 1
+                return False
+            oldest = next(iter(self.idle))
+            self.release(oldest)
+            oldest.abort()
+            self.evicted += 1
+        self.conns.add(conn)
+        self.idle[conn] = None
+        return True
+
+    def busy(self, conn: Abortable) -> None:
+        """Its request is in: it is no longer one to make room."""
+        self.idle.pop(conn, None)
+
+    def release(self, conn: Abortable) -> None:
+        self.conns.discard(conn)
+        self.idle.pop(conn, None)
+
+    def counts(self) -> dict[str, int]:
+        return {"open": len(self.conns), **{k: getattr(self, k) for k in COUNTED}}
+
+
+COUNTED = ("rejected", "evicted", "expired", "oversize")
+ENDPOINTS: dict[str, Endpoint] = {}  # by name: filled by control.serve and metrics.serve
+
+
+def stats(
+    st: Stats, ring_drops: int, generation: int, uptime: float, endpoints: Mapping[str, Endpoint] = ENDPOINTS
+) -> dict[str, Any]:
     return {
         "rx": st.rx,
         "tx": st.tx,
@@ -129,7 +213,18 @@ def stats(st: Stats, ring_drops: int, generation: int, uptime: float) -> dict[st
         "arp_replies": st.arp_replies,
         "icmp_replies": st.icmp_replies,
         "checksums_fixed": st.checksums_fixed,
+        "link_down": st.link_down,
+        "tx_errors": st.tx_errors,
+        "flows": st.flows,
+        "sessions": st.sessions,
+        "flows_overflow": st.flows_overflow,
+        "sessions_overflow": st.sessions_overflow,
+        "expired": st.expired,
+        "expired_embryonic": st.expired_embryonic,
+        "arp_changed": st.arp_changed,
+        "arp_ignored": st.arp_ignored,
         "drops": {**st.drops, **({"ring_full": ring_drops} if ring_drops else {})},
         "generation": generation,
         "uptime": round(uptime, 1),
+        "endpoints": {f"{name}_{k}": n for name, e in endpoints.items() for k, n in e.counts().items()},
     }

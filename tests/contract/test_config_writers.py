@@ -43,7 +43,14 @@ SEED = dict(
 FULL = dict(
     modules=["slb", "arp", "hc", "ping", "vrrp", "master"],
     settings=dict(
-        control="/run/my dsrlb/c.sock", metrics="off", arprefresh=30, arpexpire=45.5, drainidle=0.25
+        control="/run/my dsrlb/c.sock",
+        metrics="off",
+        arprefresh=30,
+        arpexpire=45.5,
+        drainidle=0.25,
+        flows=20000,
+        sessions=262144,
+        embryonic=2.5,
     ),
     interfaces=[dict(id=2, name="eth1", threads=1), dict(id=1, name="eth0", access="raw", threads=4)],
     networks=[
@@ -85,7 +92,15 @@ FULL = dict(
         dict(id=7, ipaddr="172.16.1.106", dsr=True, tcpopen="443,3,10", ping="3,10", http="443,/,3,10"),
         dict(id=8, ipaddr="172.16.1.107", registered=False),
     ],
-    vrrp=dict(vrid=42, priority=200, network=1, advert=2000, preempt=False, version=2),
+    vrrp=dict(
+        vrid=42,
+        priority=200,
+        network=1,
+        advert=2000,
+        preempt=False,
+        version=2,
+        peers=["172.16.1.251", "10.0.0.2", "172.16.1.9"],  # the writers sort them numerically
+    ),
 )
 
 SPECS = {
@@ -101,7 +116,7 @@ SPECS = {
         settings=dict(control="/run/dsrlb/control.sock", metrics="127.0.0.1:9410", drainidle=5),
         servers=[dict(SEED["servers"][0], method="maglev", session=600.0)],
         targets=[dict(target, weight=1, backup=False) for target in SEED["targets"]],
-        vrrp=dict(vrid=1, priority=100, network=1, advert=1000, preempt=True, version=3),
+        vrrp=dict(vrid=1, priority=100, network=1, advert=1000, preempt=True, version=3, peers=[]),
     ),
 }
 

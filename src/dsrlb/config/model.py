@@ -104,6 +104,9 @@ class Vrrp:
     advert_ms: int = _VRRP["advert"]
     preempt: bool = _VRRP["preempt"]
     version: int = _VRRP["version"]
+    # dsrlb extension: the other balancers of the virtual router, sorted; adverts from any other source
+    # are dropped. Empty: any valid advert counts (RFC behaviour), and `dsrlb check` warns.
+    peers: tuple[IPv4Address, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class Settings:
     arprefresh: float = _SET["arprefresh"]  # seconds between ARP refreshes of target MACs
     arpexpire: float = _SET["arpexpire"]  # a target MAC unanswered for this long is forgotten
     drainidle: float = _SET["drainidle"]  # a draining target counts as drained after this idle time
+    flows: int = _SET["flows"]  # capacity of the flow table; beyond it new flows follow the stateless pick
+    sessions: int = _SET["sessions"]  # capacity of the session tables of all virtual servers together
+    embryonic: float = _SET["embryonic"]  # idle timeout of a flow that has seen one packet only
 
 
 @dataclass(frozen=True)

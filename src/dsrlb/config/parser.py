@@ -22,7 +22,9 @@ from dsrlb.vocabulary import ACCESS, CHECK_MODULES, DEFAULTS, HEALTH_CHECKS, MET
 
 MAX_ID = 65535
 MAX_SECONDS = 86400.0
+MAX_TABLE = 1 << 24  # `set flows` and `set sessions`: 16 M entries, some GB of memory
 MAX_FILE_BYTES = 16 << 20
+MAX_ADDRESSES = 250  # VIPs and virt one balancer answers for: what its packet filter holds (dataplane/bpf.py)
 _INT = re.compile(r"[0-9]{1,9}")
 _SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,3})?")
 _IFNAME = re.compile(r"[^\s/:]{1,15}")
@@ -223,6 +225,17 @@ def _advert(it: _Item) -> int:
     return value
 
 
+def _peers(it: _Item) -> tuple[IPv4Address, ...]:
+    """`peers A,B`: the other balancers of the virtual router, each once, sorted."""
+    seen: set[IPv4Address] = set()
+    for el in _split(it):
+        addr = _host(el)
+        if addr in seen:
+            raise _Fail(el, f"peer {addr} is listed twice")
+        seen.add(addr)
+    return tuple(sorted(seen))
+
+
 def _timing(interval: _Item, timeout: _Item) -> tuple[float, float]:
     iv, to = _seconds(interval, "interval"), _seconds(timeout, "timeout")
     if to < iv:
@@ -340,6 +353,9 @@ _KINDS: dict[str, _Kind] = {
             "arprefresh": ("arprefresh SECONDS", partial(_seconds, what="arprefresh")),
             "arpexpire": ("arpexpire SECONDS", partial(_seconds, what="arpexpire")),
             "drainidle": ("drainidle SECONDS", partial(_seconds, what="drainidle")),
+            "flows": ("flows 1..16777216", partial(_int, lo=1, hi=MAX_TABLE, what="flows")),
+            "sessions": ("sessions 1..16777216", partial(_int, lo=1, hi=MAX_TABLE, what="sessions")),
+            "embryonic": ("embryonic SECONDS", partial(_seconds, what="embryonic")),
         },
         has_id=False,
     ),
@@ -403,6 +419,7 @@ _KINDS: dict[str, _Kind] = {
             "advert": ("advert MILLISECONDS", _advert),
             "preempt": ("preempt on|off", partial(_flag, on="on", off="off", what="preempt")),
             "version": ("version 2|3", partial(_int, lo=2, hi=3, what="version")),
+            "peers": ("peers ADDRESS[,ADDRESS...]", _peers),
         },
         required=("vrid", "priority", "network"),
         has_id=False,
@@ -650,7 +667,29 @@ class _Parser:
         for b in self.blocks["vrrp"].values():
             if "network" in b.values and b.values["network"] not in networks:
                 self._error(b.items["network"], f"network {b.values['network']} is not defined")
+            self._check_peers(b, networks.get(b.values.get("network")))
         self._check_servers()
+        self._check_capacity()
+
+    def _check_peers(self, vrrp: _Block, network: _Block | None) -> None:
+        """Peers are other balancers: not this one's real address nor the shared virt. Without peers any
+        host on the segment can take over with a forged advert: a warning."""
+        if "peers" not in vrrp.keys:
+            self.warnings.append(
+                (
+                    vrrp.head.line,
+                    vrrp.head.col,
+                    "warning: vrrp has no 'peers': any host on the segment can take over the shared "
+                    "addresses with a forged advert; list the other balancers, e.g. 'peers 172.16.1.251'",
+                )
+            )
+            return
+        if network is None or "peers" not in vrrp.values:
+            return
+        for el in _split(vrrp.items["peers"]):
+            for key, what in (("real", "this balancer's own address"), ("virt", "the shared address")):
+                if str(network.values.get(key)) == el.text:
+                    self._error(el, f"peer {el.text} is {what} ({key} of network {network.id})")
 
     def _check_modules(self) -> None:
         if self.modules is None:
@@ -723,6 +762,29 @@ class _Parser:
                     b.keys.get("dsr", b.head),
                     f"target {t} is used by server {sid} but lacks 'dsr enable': only DSR mode is supported",
                 )
+
+    def _check_capacity(self) -> None:
+        """What parses but the daemon cannot run: more addresses than its packet filter holds."""
+
+        def serving(kind: str, ident: int) -> bool:
+            flags = self.flags.get((kind, ident), {})
+            return flags.get("registered", False) and flags.get("enabled", False)
+
+        seen = {b.values.get("virt") for i, b in self.blocks["network"].items() if serving("network", i)}
+        seen.discard(None)
+        first: tuple[int, _Item] | None = None  # the server whose VIP is one too many
+        for sid, s in self.blocks["server"].items():
+            vip = s.values.get("ipaddr")
+            if serving("server", sid) and vip is not None and vip not in seen:
+                seen.add(vip)
+                if len(seen) == MAX_ADDRESSES + 1:
+                    first = sid, s.items["ipaddr"]
+        if first is not None:
+            self._error(
+                first[1],
+                f"server {first[0]}: {len(seen)} addresses to answer for (VIPs and virt), "
+                f"the packet filter holds at most {MAX_ADDRESSES}",
+            )
 
     def _check_same(self, target: _Block, server: _Block) -> None:
         """Only Ethernet addresses change in DSR, so a target cannot listen elsewhere than its VIP."""
@@ -881,6 +943,7 @@ def _vrrp_keys(vrrp: model.Vrrp) -> list[_Key]:
         ("advert", vrrp.advert_ms, str(vrrp.advert_ms)),
         ("preempt", vrrp.preempt, "on" if vrrp.preempt else "off"),
         *_plain(vrrp, "version"),
+        ("peers", vrrp.peers or None, ",".join(map(str, vrrp.peers))),
     ]
 
 

@@ -20,6 +20,9 @@ ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
 IPPROTO_VRRP = 112
 SNAPLEN = 0x40000
+# One compare per address, and the first must still reach "accept" with its 8-bit jump offset. The config
+# parser repeats this limit (config/ may not import dataplane/); a unit test keeps the two equal.
+MAX_ADDRESSES = 250
 
 Insn = tuple[int, int, int, int]
 
@@ -27,8 +30,10 @@ Insn = tuple[int, int, int, int]
 def program(addresses: Iterable[IPv4Address]) -> list[Insn]:
     """The filter as (code, jt, jf, k) instructions; jumps are relative to the next instruction."""
     addrs = sorted({int(a) for a in addresses})
-    if len(addrs) > 250:
-        raise ValueError("at most 250 addresses fit in one filter")
+    if len(addrs) > MAX_ADDRESSES:
+        raise ValueError(
+            f"{len(addrs)} addresses (VIPs and virt): at most {MAX_ADDRESSES} fit in the packet filter"
+        )
     n = len(addrs)
     # layout: 0 ldh type; 1 jeq arp; 2 jeq ip; 3 ld dst; 4..4+n-1 jeq addr; 4+n ldb proto;
     #         5+n jeq vrrp; 6+n drop; 7+n accept

@@ -7,21 +7,39 @@ frames, so flows, sessions and counters are only ever mutated by one thread.
 
 Per packet state is two small `__slots__` records: a `Flow` (one per address and port pair, what
 the fast path follows) and a `Session` (one per client and virtual server, what its new flows follow).
+
+Both tables are bounded (`set flows`, `set sessions`): beyond capacity a packet of a new flow is not
+recorded and follows the stateless choice (its client's session, else the selector's pick on the
+client address), so nothing is dropped because a table is full. A flow that has seen one packet only
+(a TCP SYN, one UDP datagram) is embryonic and expires after `set embryonic` seconds; a session lives
+as long as any of its flows, so a client that never completed anything leaves with its flow. Expiry
+runs in small steps on a timer wheel (one bucket per second) with a budget per step, and the per-target
+activity count is taken by a census in budgeted steps too: no step stalls the packet path for long.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from dsrlb.dataplane.packet import arp_frame, fix_l4_checksum, icmp_echo_reply
-from dsrlb.dataplane.ring import FRAME_SIZE, TP_STATUS_CSUMNOTREADY, TX_DATA_OFFSET, PacketRing
+from dsrlb.dataplane.ring import (
+    FRAME_SIZE,
+    LINK_ERRORS,
+    TP_STATUS_CSUMNOTREADY,
+    TX_DATA_OFFSET,
+    Insn,
+    PacketRing,
+    link_up,
+)
 
 log = logging.getLogger("dsrlb.dataplane")
 
@@ -30,12 +48,18 @@ RX_HDR = struct.Struct("<IIIH")  # tpacket2_hdr: status, len, snaplen, mac offse
 ETH_IPV4 = struct.Struct("!6s6sHBBHHHBBH4s4sHH")
 # what the fast path checks: destination MAC, ethertype, version+IHL, total length, fragment, protocol
 FAST = struct.Struct("!6s6xHBxH2xHxB")
-ARP = struct.Struct("!H6s4s6x4s")  # op, sender MAC, sender IP, (target MAC), target IP
+ARP = struct.Struct("!H6s4s6s4s")  # op, sender MAC, sender IP, target MAC, target IP
 PORTS = struct.Struct("!HH")
 STATUS = struct.Struct("<I")
 TX_HDR = struct.Struct("<II")  # tp_status, tp_len
 ZERO = b"\x00\x00\x00\x00"
-SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL = 1.0  # seconds between activity censuses
+EXPIRE_BUDGET = 512  # wheel entries examined per expiry step (1-3 us each, with cache misses)
+CENSUS_BUDGET = 8192  # flows counted per census step (about 0.2 us each)
+BORN = 1e-6  # a new flow's `seen` is this much older than its `born`: a second packet makes it newer
+MAC_HOLD = 1.0  # seconds a target's learned MAC stays before another change is taken
+STATELESS = ("maglev", "hash", "first")  # selection methods whose pick depends on the client only
+LINK_POLL = 0.1  # seconds between looks at a link that went down
 BATCH = 64
 
 
@@ -46,13 +70,14 @@ class Selector(Protocol):
 
 
 class Session:
-    """A client's target at one virtual server."""
+    """A client's target at one virtual server; it lives as long as any of its flows."""
 
-    __slots__ = ("target", "seen")
+    __slots__ = ("target", "seen", "flows")
 
     def __init__(self, target: int, seen: float) -> None:
         self.target = target
-        self.seen = seen  # monotonic time of its last packet, brought forward by the sweep
+        self.seen = seen  # monotonic time of its last packet, brought forward by the census
+        self.flows = 0  # recorded flows that follow it: the last one to expire takes it along
 
 
 class Flow:
@@ -74,6 +99,9 @@ class Flow:
         "draining",
         "timeout",
         "shortest",
+        "key",
+        "born",
+        "session",
     )
     target: int
     seen: float  # monotonic time of its last packet
@@ -85,6 +113,9 @@ class Flow:
     draining: bool  # its target takes no new connection: a TCP SYN must not follow it
     timeout: float  # idle timeout
     shortest: int  # shortest IP packet with a whole transport header
+    key: bytes  # its key in `Forwarder.flows`
+    born: float  # monotonic time of its first packet; embryonic while `seen` is older (see BORN)
+    session: Session  # the session it counts for
 
 
 @dataclass
@@ -118,6 +149,12 @@ class ForwardingTable:
     # setting `drainidle`: a flow with a packet this recent counts as an open connection, and a draining
     # target without any as drained
     drainidle: float = 5.0
+    # settings `flows`, `sessions`, `embryonic` (defaults as in dsrlb.vocabulary, which this layer
+    # does not import): capacity of the flow table and of the sessions of all virtual servers together,
+    # idle timeout of a flow that has seen one packet
+    flows: int = 262144
+    sessions: int = 262144
+    embryonic: float = 5.0
 
 
 @dataclass
@@ -128,6 +165,16 @@ class Stats:
     arp_replies: int = 0
     icmp_replies: int = 0
     checksums_fixed: int = 0
+    link_down: int = 0  # times the link went down or away (or its MTU changed) and the ring was reopened
+    tx_errors: int = 0  # sends refused by a busy device (ENOBUFS); the frames stay queued for the next
+    flows: int = 0  # flow table size (updated by the expiry steps)
+    sessions: int = 0  # sessions of all virtual servers (updated by the expiry steps)
+    flows_overflow: int = 0  # packets of new flows not recorded because the flow table was full
+    sessions_overflow: int = 0  # packets of new clients not recorded because the session table was full
+    expired_embryonic: int = 0  # flows that expired after their first packet
+    expired: int = 0  # flows that expired idle after more than one packet
+    arp_changed: int = 0  # learned target MACs that changed (replies to our requests)
+    arp_ignored: int = 0  # target MAC changes not taken: not a reply to us, or within MAC_HOLD of the last
     drops: collections.Counter = field(default_factory=collections.Counter)
 
 
@@ -144,13 +191,27 @@ class Forwarder:
         # flow key: source and destination address and port, the 12 bytes at offset 26 of a frame whose
         # IPv4 header has no options
         self.flows: dict[bytes, Flow] = {}
-        # target -> (flows with a packet in the last `drainidle` seconds, last packet)
+        # target -> (flows with a packet in the last `drainidle` seconds, last packet), from the census
         self.activity: dict[int, tuple[int, float]] = {}
+        self.session_count = 0  # sessions of all virtual servers
+        # expiry: second -> flows to look at once monotonic time reaches it; every recorded flow is in
+        # exactly one bucket, at its earliest possible expiry (rounded up)
+        self._wheel: dict[int, list[Flow]] = {}
+        self._cursor = int(time.monotonic())  # the next bucket to empty
+        self._census: list[int] = []  # wheel buckets still to count in the running census, last first
+        self._census_pos = 0  # how far the census got in the last of them
+        self._counts: dict[int, list] = {}  # target -> [recent flows, last packet] of the running census
+        self._census_at = 0.0  # when the next census starts
+        self._mac_changed: dict[bytes, float] = {}  # target IPv4 -> when its MAC was last learned
         self.on_neighbor: Callable[[bytes], None] = lambda ip: None
         self.on_vrrp: Callable[[bytes], None] | None = None
         self._pending: collections.deque[Callable[[], None]] = collections.deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ring_lock = threading.Lock()  # the loop thread replaces `ring` while the control plane uses it
+        self.heartbeat = 0  # bumped by the loop at least every 100 ms while it runs: the watchdog reads it
+        self.on_reopen: Callable[[], None] = lambda: None  # the ring was reopened after the link came back
+        self.on_failure: Callable[[], None] = lambda: None  # the loop died: the process must end
 
     # --- control plane side -------------------------------------------------------------------
     def install(self, table: ForwardingTable) -> None:
@@ -160,6 +221,16 @@ class Forwarder:
     def call(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the loop's thread (between frames, or within 100 ms when idle)."""
         self._pending.append(fn)
+
+    def attach_filter(self, program: list[Insn]) -> None:
+        """Install a BPF filter on the current ring; a ring opened later gets it too."""
+        with self._ring_lock:
+            self.ring.attach_filter(program)
+
+    def kernel_drops(self) -> int:
+        """Frames the kernel dropped on a full RX ring since the last call."""
+        with self._ring_lock:
+            return self.ring.kernel_drops()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dataplane", daemon=True)
@@ -172,11 +243,48 @@ class Forwarder:
 
     # --- loop side ----------------------------------------------------------------------------
     def _run(self) -> None:
+        """The loop thread. A link that goes away is waited for and the ring reopened; any other error
+        is a bug and ends the process through `on_failure` (systemd restarts it, `dsrlb resign` runs):
+        a master whose packet path is dead must not keep advertising."""
         try:
-            self._loop()
+            while True:
+                try:
+                    self._loop()
+                    return
+                except OSError as err:
+                    if err.errno not in LINK_ERRORS:
+                        raise
+                    self.stats.link_down += 1
+                    log.warning("%s: %s: reopening when the link is up", self.ring.ifname, err.strerror)
+                # out of the except block: the failed loop's frame, and its view of the old ring, are gone
+                if not self._reopen():
+                    return
         except Exception:  # the packet path must never die silently
             log.exception("forwarding loop failed")
-            raise
+            self.on_failure()
+
+    def _reopen(self) -> bool:
+        """Wait until the link is up, then replace the ring; False when stopped meanwhile. Control plane
+        requests still run, and the heartbeat goes on: a link that is down is no reason to restart."""
+        delay = LINK_POLL
+        while not self._stop.wait(delay):
+            self.heartbeat += 1
+            while self._pending:
+                self._pending.popleft()()
+            if not link_up(self.ring.ifname):
+                continue
+            try:
+                with self._ring_lock:
+                    old, self.ring = self.ring, self.ring.reopen()
+            except OSError as err:  # gone again, or renamed meanwhile: try again, less often
+                log.warning("%s: cannot reopen: %s", self.ring.ifname, err.strerror or err)
+                delay = min(2 * delay, 1.0)
+                continue
+            old.close()
+            log.info("%s: link up, packet ring reopened", self.ring.ifname)
+            self.on_reopen()
+            return True
+        return False
 
     def _loop(self) -> None:
         """The packet path. Deliberately one flat function: in CPython every call, attribute lookup and
@@ -205,13 +313,24 @@ class Forwarder:
         now = monotonic()
         next_sweep = now + SWEEP_INTERVAL
 
+        def flush() -> None:
+            """Send the queued TX slots; a busy device leaves them queued for the next try."""
+            nonlocal queued
+            try:
+                ring.flush()
+            except OSError as err:
+                if err.errno != errno.ENOBUFS:
+                    raise
+                stats.tx_errors += 1
+            else:
+                queued = 0
+
         def send(frame: bytes) -> None:
             """Queue a frame we built ourselves (ARP and ICMP replies)."""
             nonlocal tx_slot, queued
             t = tx_base + tx_slot * FRAME_SIZE
             if status_of(mm, t)[0]:
-                ring.flush()
-                queued = 0
+                flush()
                 if status_of(mm, t)[0]:
                     drops["tx_ring_full"] += 1
                     return
@@ -239,18 +358,17 @@ class Forwarder:
                 stats.forwarded += fwd
                 rx = fwd = 0
                 if queued:
-                    ring.flush()
-                    queued = 0
+                    flush()
                 while pending:
                     pending.popleft()()
                 if stop():
                     return
-                ring.wait(100)
+                self.heartbeat += 1
+                ring.wait(100 if next_sweep > now else 0)  # expiry work left: only a look
                 now = monotonic()
                 table = self.table
                 if now >= next_sweep:
-                    self._sweep(now)
-                    next_sweep = now + SWEEP_INTERVAL
+                    next_sweep = self._sweep(now)
                 continue
             rx += 1
             if rx == 256:  # under load the ring never empties: do the idle work here too
@@ -258,13 +376,13 @@ class Forwarder:
                 stats.tx += fwd
                 stats.forwarded += fwd
                 rx = fwd = 0
+                self.heartbeat += 1
                 now = monotonic()
                 while pending:
                     pending.popleft()()
                 table = self.table
                 if now >= next_sweep:
-                    self._sweep(now)
-                    next_sweep = now + SWEEP_INTERVAL
+                    next_sweep = self._sweep(now)
             f = h + mac_off
             head = None  # set when the frame is to be forwarded: the new Ethernet addresses
             # Fast path: a packet of a flow checked against the current table, in a well-formed frame.
@@ -336,12 +454,9 @@ class Forwarder:
                     else:
                         drops["ip_protocol"] += 1
                 elif etype == 0x0806 and length >= 42:
-                    op, sha, spa, tpa = ARP.unpack_from(mm, f + 20)
+                    op, sha, spa, tha, tpa = ARP.unpack_from(mm, f + 20)
                     if spa in table.neighbors:
-                        known = self.neighbors.get(spa)
-                        self.neighbors[spa] = (sha, now)
-                        if known is None or known[0] != sha:
-                            self.on_neighbor(spa)
+                        self._heard(spa, sha, op == 2 and tha == own, now)
                     if op == 1 and tpa in table.answer and spa != tpa:
                         send(arp_frame(2, own, tpa, sha, spa))
                         stats.arp_replies += 1
@@ -350,7 +465,7 @@ class Forwarder:
             if head is not None:  # forward: copy the frame to the TX ring with new Ethernet addresses
                 end = 14 + total
                 x = tx_base + tx_slot * frame_size
-                if status_of(mm, x)[0] and (ring.flush() or status_of(mm, x)[0]):
+                if status_of(mm, x)[0] and (flush() or status_of(mm, x)[0]):
                     drops["tx_ring_full"] += 1
                 else:
                     d = x + tx_data
@@ -363,8 +478,7 @@ class Forwarder:
                     tx_slot = tx_slot + 1 if tx_slot + 1 < ntx else 0
                     queued += 1
                     if queued >= batch:
-                        ring.flush()
-                        queued = 0
+                        flush()
                     fwd += 1
                     counter[0] += 1
                     counter[1] += end
@@ -377,21 +491,52 @@ class Forwarder:
         """The slow path's choice for a packet, recorded as a flow the fast path can follow.
 
         A known flow keeps its target (also a draining one) unless a new TCP connection starts; a new
-        flow follows the client's session unless the session's target may not take it."""
-        fl = self.flows.get(key)
+        flow follows the client's session unless the session's target may not take it. When the flow
+        or the session table is full, a new flow is not recorded and follows the stateless choice."""
+        flows = self.flows
+        fl = flows.get(key)
         state = svc.state
-        t = None
-        if fl is not None and fl.state is state:
+        if fl is not None and fl.state is state:  # a further packet: the flow is no longer embryonic
             t = fl.target
             if t not in svc.forward or (syn and t not in svc.active):
-                t = None
-        if t is None:
-            t = self._new_flow(svc, src, syn or proto == 17, now)
-            if t is None:
-                return None
-        fl = self.flows[key] = NEW_FLOW(Flow)
+                t = self._follow(svc, fl.session, src, syn or proto == 17)
+                if t is None:
+                    return None
+            fl.seen = now
+        else:
+            if fl is not None:  # recorded for another virtual server (same addresses and ports)
+                self._forget_flow(fl)
+            session = state.sessions.get(src)
+            if session is None:
+                if len(flows) >= table.flows or self.session_count >= table.sessions:
+                    return self._overflow(table, svc, None, src, syn or proto == 17)
+                t = svc.selector.pick(src, state.load)
+                if t is None:
+                    return None
+                session = state.sessions[src] = Session(t, now)
+                state.load[t] += 1
+                self.session_count += 1
+            else:
+                if len(flows) >= table.flows:
+                    return self._overflow(table, svc, session, src, syn or proto == 17)
+                t = session.target
+                if not (t in svc.active or (not (syn or proto == 17) and t in svc.forward)):
+                    t = self._follow(svc, session, src, True)
+                    if t is None:
+                        return None
+                session.seen = now
+            fl = flows[key] = NEW_FLOW(Flow)
+            fl.key = key
+            fl.born = now
+            fl.seen = now - BORN
+            fl.session = session
+            session.flows += 1
+            due = max(int(now + table.embryonic) + 1, self._cursor)  # tests move time on by leaps
+            bucket = self._wheel.get(due)
+            if bucket is None:
+                bucket = self._wheel[due] = []
+            bucket.append(fl)
         fl.target = t
-        fl.seen = now
         fl.head = svc.forward[t]
         fl.counter = state.counters[t]
         fl.proto = proto
@@ -402,46 +547,141 @@ class Forwarder:
         fl.shortest = 40 if proto == 6 else 28  # IP header + TCP or UDP header
         return t
 
-    def _new_flow(self, svc: Service, src: bytes, new_conn: bool, now: float) -> int | None:
-        """Target for a flow we have no usable record of: the client's session, unless its target may
-        not take this flow, else a fresh pick; the session follows the pick."""
+    def _follow(self, svc: Service, session: Session, src: bytes, new_conn: bool) -> int | None:
+        """Target of a client's session for a flow, unless it may not take this flow; then a fresh
+        pick, and the session follows it."""
+        t = session.target
+        if t in svc.active or (not new_conn and t in svc.forward):
+            return t
         state = svc.state
-        session = state.sessions.get(src)
-        t = session.target if session is not None else None
-        if t is None or not (t in svc.active or (not new_conn and t in svc.forward)):
-            t = svc.selector.pick(src, state.load)
-            if t is None:
-                return None
-            if session is None:
-                session = state.sessions[src] = Session(t, now)
-            else:
-                state.load[session.target] -= 1
-                session.target = t
-            state.load[t] += 1
-        session.seen = now
+        t = svc.selector.pick(src, state.load)
+        if t is None:
+            return None
+        state.load[session.target] -= 1
+        session.target = t
+        state.load[t] += 1
         return t
 
-    def _sweep(self, now: float) -> None:
-        """Expire idle flows and sessions (a session lives as long as any of its flows) and count
-        each target's open connections: flows with a packet in the last `drainidle` seconds."""
-        flows = self.flows
-        for key in [k for k, fl in flows.items() if fl.seen < now - fl.timeout]:
-            del flows[key]
-        activity: dict[int, list] = {}
-        recent = now - self.table.drainidle
-        for key, fl in flows.items():
-            t, seen = fl.target, fl.seen
-            session = fl.state.sessions.get(key[:4])
-            if session is not None and session.seen < seen:
-                session.seen = seen
-            a = activity.setdefault(t, [0, 0.0])
-            if seen >= recent:
-                a[0] += 1
-            if seen > a[1]:
-                a[1] = seen
-        for svc in self.table.services.values():
-            state = svc.state
-            limit = now - svc.timeout
-            for src in [c for c, s in state.sessions.items() if s.seen < limit]:
-                state.load[state.sessions.pop(src).target] -= 1
-        self.activity = {t: (a[0], a[1]) for t, a in activity.items()}
+    def _overflow(
+        self, table: ForwardingTable, svc: Service, session: Session | None, src: bytes, new_conn: bool
+    ) -> int | None:
+        """Target of a new flow that cannot be recorded (a table is full): the client's session where it
+        may take the flow, else the selector's pick on the client address (a hash over the active targets
+        for methods whose pick depends on more than the client), so every packet of it goes the same way."""
+        if len(self.flows) >= table.flows:
+            self.stats.flows_overflow += 1
+        else:
+            self.stats.sessions_overflow += 1
+        if session is not None:
+            t = session.target
+            if t in svc.active or (not new_conn and t in svc.forward):
+                return t
+        selector = svc.selector
+        if getattr(selector, "method", STATELESS[0]) in STATELESS:
+            return selector.pick(src)
+        active = sorted(svc.active)
+        return active[zlib.crc32(src) % len(active)] if active else None
+
+    def _forget_flow(self, fl: Flow) -> None:
+        """Remove a flow; its session goes with the last of its flows. Its wheel entry goes stale."""
+        del self.flows[fl.key]
+        session = fl.session
+        session.flows -= 1
+        if not session.flows:
+            state = fl.state
+            src = fl.key[:4]
+            if state.sessions.get(src) is session:
+                del state.sessions[src]
+                state.load[session.target] -= 1
+            self.session_count -= 1
+
+    def _sweep(self, now: float) -> float:
+        """One expiry step and one census step, each within a budget; returns when to call again (now,
+        when work is left). Expiry empties the wheel's due buckets: a flow that has seen one packet
+        expires `embryonic` seconds after it, others `timeout` after their last packet, and a flow that
+        is not due yet moves to the bucket of its new deadline. The census counts each target's open
+        connections (flows with a packet in the last `drainidle` seconds) and brings session times
+        forward, bucket by bucket (at most once a second): every flow is in one bucket, so none is missed,
+        and one that moves to a later bucket meanwhile may count twice."""
+        table = self.table
+        flows, wheel, embryonic = self.flows, self._wheel, table.embryonic
+        budget = EXPIRE_BUDGET
+        cursor = self._cursor
+        stats = self.stats
+        while cursor <= now and budget:
+            bucket = wheel.get(cursor)
+            while bucket and budget:
+                budget -= 1
+                fl = bucket.pop()
+                if flows.get(fl.key) is not fl:
+                    continue  # forgotten meanwhile
+                if fl.seen < fl.born:  # embryonic
+                    due = fl.born + embryonic
+                    if due <= now:
+                        stats.expired_embryonic += 1
+                        self._forget_flow(fl)
+                        continue
+                else:
+                    due = fl.seen + fl.timeout
+                    if due <= now:
+                        stats.expired += 1
+                        self._forget_flow(fl)
+                        continue
+                wheel.setdefault(int(due) + 1, []).append(fl)
+            if not bucket:
+                wheel.pop(cursor, None)
+                cursor += 1
+        self._cursor = cursor
+        stats.flows, stats.sessions = len(flows), self.session_count
+        if not self._census and now >= self._census_at:
+            self._census = sorted(wheel, reverse=True)
+            self._census_pos, self._counts = 0, {}
+            self._census_at = now + SWEEP_INTERVAL
+        census = self._census
+        if census:
+            counts, recent, budget = self._counts, now - table.drainidle, CENSUS_BUDGET
+            while census and budget:
+                bucket = wheel.get(census[-1], ())
+                start = self._census_pos
+                chunk = bucket[start : start + budget]
+                for fl in chunk:
+                    seen = fl.seen
+                    session = fl.session
+                    if session.seen < seen:
+                        session.seen = seen
+                    a = counts.get(fl.target)
+                    if a is None:
+                        a = counts[fl.target] = [0, 0.0]
+                    if seen >= recent:
+                        a[0] += 1
+                    if seen > a[1]:
+                        a[1] = seen
+                budget -= len(chunk)
+                if start + len(chunk) >= len(bucket):
+                    census.pop()
+                    self._census_pos = 0
+                else:
+                    self._census_pos = start + len(chunk)
+            if not census:
+                self.activity = {t: (a[0], a[1]) for t, a in counts.items()}
+        if self._census or (cursor <= now and wheel.get(cursor)):
+            return now  # more to do: at the next chance
+        return min(self._census_at, cursor)
+
+    def _heard(self, ip: bytes, mac: bytes, reply: bool, now: float) -> None:
+        """An ARP frame from a target's address. Its MAC is learned and refreshed only from replies to
+        us, and a known MAC changes at most once per MAC_HOLD: forged frames can neither re-point a
+        target at will nor have the forwarding table rebuilt once per frame."""
+        known = self.neighbors.get(ip)
+        if known is not None and known[0] == mac:
+            if reply:
+                self.neighbors[ip] = (mac, now)
+            return
+        if not reply or now - self._mac_changed.get(ip, now - MAC_HOLD) < MAC_HOLD:
+            self.stats.arp_ignored += 1
+            return
+        self._mac_changed[ip] = now
+        self.neighbors[ip] = (mac, now)
+        if known is not None:
+            self.stats.arp_changed += 1
+        self.on_neighbor(ip)

@@ -7,10 +7,14 @@ one poll when the receive ring is empty and one send per transmitted batch.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
+import os
 import select
 import socket
 import struct
+
+from dsrlb.dataplane.bpf import Insn
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -33,6 +37,10 @@ TX_DATA_OFFSET = 32  # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where the ker
 
 FRAME_SIZE = 2048  # holds a 1514-byte frame plus headers
 BLOCK_SIZE = 1 << 20
+
+# Send/receive errors that mean the link went down or away or its MTU changed: the ring is reopened
+# once the link is up again (a fresh socket, mapping and MTU), everything else is a bug.
+LINK_ERRORS = frozenset({errno.ENETDOWN, errno.ENXIO, errno.ENODEV, errno.EMSGSIZE})
 
 
 class SockFilter(ctypes.Structure):
@@ -59,11 +67,35 @@ def interface_mtu(ifname: str) -> int:
         return int(f.read())
 
 
+def link_up(ifname: str) -> bool:
+    """The interface exists, is up and has a carrier: known at once, where operstate lags up to 1 s."""
+    try:
+        with open(f"/sys/class/net/{ifname}/carrier") as f:
+            return f.read().strip() == "1"
+    except OSError:  # EINVAL while the interface is down, ENOENT while it is gone
+        return False
+
+
+def _attach(sock: socket.socket, program: list[Insn]) -> None:
+    insns = (SockFilter * len(program))(*[SockFilter(*i) for i in program])
+    fprog = SockFprog(len(program), insns)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(memoryview(fprog)))
+
+
+def check_filter(program: list[Insn]) -> None:
+    """Have the kernel validate a filter without touching the ring (a reload checks it before it
+    swaps anything): any socket takes a classic BPF program, so a throwaway UDP one does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        _attach(sock, program)
+
+
 class PacketRing:
     """One AF_PACKET socket bound to an interface with an RX ring and a TX ring in one mapping."""
 
     def __init__(self, ifname: str, rx_frames: int = 4096, tx_frames: int = 1024) -> None:
         self.ifname = ifname
+        self.program: list[Insn] | None = None  # replayed by reopen()
+        self.groups: list[bytes] = []
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
             self._setup(rx_frames, tx_frames)
@@ -106,17 +138,31 @@ class PacketRing:
         self.mac = interface_mac(self.ifname)
         self.max_frame = interface_mtu(self.ifname) + 14
 
-    def attach_filter(self, program: list[tuple[int, int, int, int]]) -> None:
+    def attach_filter(self, program: list[Insn]) -> None:
         """Replace the socket's classic BPF filter; the kernel swaps it atomically."""
-        insns = (SockFilter * len(program))(*[SockFilter(*i) for i in program])
-        fprog = SockFprog(len(program), insns)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(memoryview(fprog)))
+        _attach(self.sock, program)
+        self.program = program
 
     def join(self, mac: bytes) -> None:
         """Receive frames sent to a multicast MAC (VRRP adverts) even on NICs that filter them."""
         ifindex = socket.if_nametoindex(self.ifname)
         mreq = struct.pack("iHH8s", ifindex, PACKET_MR_MULTICAST, len(mac), mac)
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        self.groups.append(mac)
+
+    def reopen(self) -> PacketRing:
+        """A new ring on the same interface with this one's filter and multicast groups: after the link
+        went away the old socket may be unbound, its TX ring stuck and its MTU stale."""
+        ring = PacketRing(self.ifname, self.rx_frames, self.tx_frames)
+        try:
+            if self.program is not None:
+                ring.attach_filter(self.program)
+            for mac in self.groups:
+                ring.join(mac)
+        except BaseException:
+            ring.close()
+            raise
+        return ring
 
     def kernel_drops(self) -> int:
         """Frames the kernel dropped because the RX ring was full, since the last call."""
@@ -124,10 +170,18 @@ class PacketRing:
         return drops
 
     def wait(self, timeout_ms: int) -> None:
-        self.poller.poll(timeout_ms)
+        """Sleep until a frame arrives or `timeout_ms` passed. A pending socket error (ENETDOWN when the
+        link goes down) is raised: unread, it would also make every later poll return at once."""
+        for _fd, events in self.poller.poll(timeout_ms):
+            if events & select.POLLERR:
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
 
     def flush(self) -> None:
-        """Ask the kernel to send every TX slot marked SEND_REQUEST (one system call per batch)."""
+        """Ask the kernel to send every TX slot marked SEND_REQUEST (one system call per batch).
+
+        Raises OSError for anything but a busy socket: see LINK_ERRORS."""
         try:
             self.sock.send(b"", socket.MSG_DONTWAIT)
         except BlockingIOError:

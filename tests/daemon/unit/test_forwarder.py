@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import collections
+import gc
 import mmap
+import os
+import random
 import socket
 import struct
+import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -63,7 +67,14 @@ class MemoryRing:
 
 
 class Harness:
-    def __init__(self, method: str = "maglev", targets: tuple[int, ...] = (1, 2), timeout: float = 600.0):
+    def __init__(
+        self,
+        method: str = "maglev",
+        targets: tuple[int, ...] = (1, 2),
+        timeout: float = 600.0,
+        **limits: float,  # ForwardingTable's flows, sessions, embryonic
+    ):
+        self.limits = limits
         self.ring = MemoryRing()
         self.fwd = Forwarder(self.ring)  # type: ignore[arg-type]
         self.ring.forwarder = self.fwd
@@ -88,7 +99,7 @@ class Harness:
         }
         answer = frozenset({socket.inet_aton(VIP), socket.inet_aton(VIRT)})
         neighbors = frozenset(socket.inet_aton(f"172.16.1.{99 + t}") for t in MAC)
-        self.fwd.install(ForwardingTable(services, answer, neighbors))
+        self.fwd.install(ForwardingTable(services, answer, neighbors, **self.limits))  # type: ignore[arg-type]
 
     def run(self, *frames: bytes, status: int = R.TP_STATUS_USER) -> list[bytes]:
         """Feed frames through one run of the loop; returns what it transmitted."""
@@ -343,7 +354,7 @@ def test_idle_sessions_and_flows_expire() -> None:
 
 def test_recent_flows_count_as_open_connections() -> None:
     h = Harness(method="first")
-    h.run(tcp(sport=1), tcp(sport=2))
+    h.run(tcp(sport=1), tcp(sport=2), tcp(sport=1), tcp(sport=2))  # two packets each: not embryonic
     now = h.fwd.flows[flow("198.18.0.10", 1, 80)].seen
     h.fwd._sweep(now + 1)
     assert h.fwd.activity[1][0] == 2
@@ -371,3 +382,186 @@ def test_known_flows_take_the_fast_path_with_the_same_checks() -> None:
     assert [target_of(f) for f in h.run(tcp(sport=9))] == [1]  # fast path
     assert [target_of(f) for f in h.run(tcp(sport=9, flags="S"))] == [2]
     assert h.fwd.stats.forwarded == 6
+
+
+# --- bounded state -------------------------------------------------------------------------------
+
+
+def test_full_tables_drop_nothing_and_overflow_follows_the_stateless_pick() -> None:
+    h = Harness(flows=4, sessions=1_000)
+    clients = [f"198.18.5.{i}" for i in range(1, 21)]
+    selector = h.fwd.table.services[(socket.inet_aton(VIP), 17, 53)].selector
+    picks = {c: selector.pick(socket.inet_aton(c)) for c in clients}
+    out = h.run(*[udp(src=c) for c in clients])
+    assert [target_of(f) for f in out] == [picks[c] for c in clients]  # all forwarded, by the hash
+    assert len(h.fwd.flows) == 4 and len(h.state.sessions) == 4
+    assert h.fwd.stats.flows_overflow == 16 and not h.fwd.stats.drops
+    # the next packets of the unrecorded flows go the same way
+    assert [target_of(f) for f in h.run(*[udp(src=c) for c in clients])] == [picks[c] for c in clients]
+    # a session table that is full: new clients are not recorded, and not dropped either
+    h = Harness(method="rr", sessions=3)
+    out = h.run(*[tcp(src=c, flags="S") for c in clients])
+    assert len(out) == 20 and h.fwd.session_count == 3 and len(h.fwd.flows) == 3
+    assert h.fwd.stats.sessions_overflow == 17
+    again = h.run(*[tcp(src=c) for c in clients])
+    assert [target_of(f) for f in again] == [target_of(f) for f in out]  # rr: a hash when unrecorded
+    # a client with a session still gets new flows recorded while there is room
+    assert len(h.run(tcp(src=clients[0], sport=2, flags="S"))) == 1 and len(h.fwd.flows) == 4
+
+
+def test_embryonic_flows_expire_early_and_take_their_sessions() -> None:
+    h = Harness(timeout=600.0, embryonic=5.0)
+    h.run(udp(src="198.18.6.1"), tcp(src="198.18.6.2", flags="S"), udp(src="198.18.6.3"))
+    h.run(udp(src="198.18.6.3"))  # a second packet: established
+    born = h.fwd.flows[flow("198.18.6.1", 1000, 53)].born
+    h.fwd._sweep(born + 4)
+    assert len(h.fwd.flows) == 3
+    h.fwd._sweep(born + 6)
+    assert list(h.fwd.flows) == [flow("198.18.6.3", 1000, 53)]
+    assert list(h.state.sessions) == [socket.inet_aton("198.18.6.3")] and not h.tcp_state.sessions
+    assert h.fwd.stats.expired_embryonic == 2 and h.fwd.session_count == 1
+    # an established client's session outlives a SYN of it that never completes
+    h.run(udp(src="198.18.6.3", sport=7))
+    h.fwd._sweep(born + 20)
+    assert len(h.fwd.flows) == 1 and list(h.state.sessions) == [socket.inet_aton("198.18.6.3")]
+    # and goes with its last flow, `session` seconds after its last packet
+    seen = h.fwd.flows[flow("198.18.6.3", 1000, 53)].seen
+    h.fwd._sweep(seen + 599)
+    assert len(h.fwd.flows) == 1
+    h.fwd._sweep(seen + 601)
+    assert not h.fwd.flows and not h.state.sessions and h.fwd.session_count == 0
+    assert load_of(h.state) == {} and h.fwd.stats.expired == 1
+
+
+def test_flows_kept_busy_stay() -> None:
+    h = Harness(timeout=30.0)
+    h.run(udp(), udp())
+    fl = h.fwd.flows[flow("198.18.0.10", 1000, 53)]
+    for step in range(1, 200):  # a packet every 5 s for 1000 s: never expires
+        fl.seen = fl.born + 5 * step
+        h.fwd._sweep(fl.seen + 0.5)
+        assert h.fwd.flows
+    h.fwd._sweep(fl.seen + 31)
+    assert not h.fwd.flows and not h.state.sessions
+
+
+def test_expiry_and_census_steps_are_bounded_on_a_million_flows() -> None:
+    """A million embryonic flows (a spoofed SYN flood's worth) expire in small steps: each examines at
+    most EXPIRE_BUDGET wheel entries, and no step nears 10 ms (generous bound: a loaded CI machine).
+    The cyclic garbage collector is off while steps are timed: a full collection over a million flows is
+    a pause of its own (tens of ms), whatever the expiry does."""
+    from dsrlb.dataplane import forwarder as F
+
+    h = Harness(method="first", flows=1 << 21, sessions=1 << 21)
+    table, fwd = h.fwd.table, h.fwd
+    svc = table.services[(socket.inet_aton(VIP), 6, 80)]
+    vip, now = socket.inet_aton(VIP), time.monotonic()
+    n = 1 << 20
+    for i in range(n):
+        src = struct.pack("!I", 0x0A000000 + (i >> 8))  # 4096 clients, 256 flows each
+        fwd._target(table, svc, src, src + vip + struct.pack("!HH", i & 0xFFFF, 80), True, 6, now)
+    assert len(fwd.flows) == n
+    gc.collect()
+    gc.disable()
+    try:
+        census, steps = census_and_expiry(fwd, now)
+    finally:
+        gc.enable()
+    assert fwd.activity[1][1] > 0 and len(census) <= n // F.CENSUS_BUDGET + 2
+    assert fwd.session_count == 0 and not h.tcp_state.sessions
+    assert len(steps) <= n // F.EXPIRE_BUDGET + 10
+    worst = max(max(steps), max(census))
+    assert sorted(steps)[len(steps) // 2] < 0.005 and worst < 0.05, worst
+
+
+def census_and_expiry(fwd: Forwarder, now: float) -> tuple[list[float], list[float]]:
+    """Seconds taken by each step of a census of every flow, then of expiring them all."""
+    from dsrlb.dataplane import forwarder as F
+
+    census: list[float] = []
+    fwd._census_at = now + 3  # a census runs over the full table first
+    while fwd._census or not census:
+        start = time.perf_counter()
+        fwd._sweep(now + 3)
+        census.append(time.perf_counter() - start)
+    steps: list[float] = []
+    while fwd.flows:
+        before = len(fwd.flows)
+        start = time.perf_counter()
+        fwd._sweep(now + 6)
+        steps.append(time.perf_counter() - start)
+        assert before - len(fwd.flows) <= F.EXPIRE_BUDGET
+    return census, steps
+
+
+def test_target_mac_changes_only_from_replies_and_at_most_once_a_second() -> None:
+    h = Harness()
+    ip = socket.inet_aton("172.16.1.100")
+
+    def arp(mac: str, op: int = 2, to: str = OWN) -> bytes:
+        return bytes(
+            Ether(src=mac, dst=to) / ARP(op=op, hwsrc=mac, psrc="172.16.1.100", hwdst=to, pdst="172.16.1.252")
+        )
+
+    h.run(arp(MAC[1]))
+    assert h.fwd.neighbors[ip][0] == raw(MAC[1]) and h.learned == [ip]
+    # forged: not replies to us (a gratuitous ARP, a reply to someone else), or too soon after the last
+    h.run(arp(MAC[3], op=1, to="ff:ff:ff:ff:ff:ff"), arp(MAC[3], to=CLIENT_MAC))
+    for _ in range(2):
+        h.run(*[arp(MAC[3]), arp(MAC[1])] * 25)
+    assert h.fwd.neighbors[ip][0] == raw(MAC[1]) and h.learned == [ip]
+    assert h.fwd.stats.arp_ignored == 52 and h.fwd.stats.arp_changed == 0
+    h.fwd._mac_changed[ip] -= 1.5  # a second and a half later
+    h.run(*[arp(MAC[3]), arp(MAC[1])] * 25)
+    assert h.fwd.neighbors[ip][0] == raw(MAC[3]) and h.learned == [ip, ip]  # one rebuild, not 100
+    assert h.fwd.stats.arp_changed == 1
+
+
+FUZZ_FRAMES = int(os.environ.get("DSRLB_FUZZ_FRAMES", "200000"))
+
+
+def test_fuzzed_frames_never_break_the_packet_path() -> None:
+    """Random bytes and mutated valid frames (ARP, ICMP, TCP, UDP, VRRP, IP options) through the loop:
+    no exception, and a valid frame after them is still forwarded. 200 k in the fast lane; set
+    DSRLB_FUZZ_FRAMES=1000000 for the full run."""
+    rng = random.Random(12)
+    h = Harness(flows=5000, sessions=2000, embryonic=0.5)
+    h.fwd.on_vrrp = lambda frame: None
+    valid = [
+        udp(),
+        tcp(flags="S"),
+        tcp(src="198.18.9.9", flags="PA"),
+        bytes(
+            Ether(src=CLIENT_MAC, dst=OWN)
+            / IP(src="198.18.0.1", dst=VIP, options=b"\x01" * 8)
+            / UDP(dport=53)
+        ),
+        bytes(Ether(src=CLIENT_MAC, dst=OWN) / IP(src="198.18.0.1", dst=VIP) / ICMP() / (b"x" * 30)),
+        bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=CLIENT_MAC, psrc="172.16.1.254", pdst=VIP)),
+        bytes(Ether(dst=OWN) / ARP(op=2, hwsrc=MAC[2], psrc="172.16.1.101", hwdst=OWN, pdst="172.16.1.252")),
+        bytes(Ether(dst="01:00:5e:00:00:12") / IP(dst="224.0.0.18", proto=112, ttl=255) / (b"\x31" * 20)),
+    ]
+    sent = 0
+    while sent < FUZZ_FRAMES:
+        frames = []
+        for _ in range(h.ring.rx_frames):
+            kind = rng.random()
+            if kind < 0.2:
+                frame = rng.randbytes(rng.randrange(0, 1600))
+            else:
+                frame = bytearray(rng.choice(valid))
+                for _ in range(rng.randrange(1, 6)):
+                    at = rng.randrange(len(frame))
+                    frame[at] = rng.randrange(256) if rng.random() < 0.8 else frame[at] ^ 0xFF
+                if kind > 0.9:
+                    frame = frame[: rng.randrange(len(frame) + 1)] + rng.randbytes(rng.randrange(40))
+                frame = bytes(frame)
+            frames.append(frame)
+        status = R.TP_STATUS_USER | (R.TP_STATUS_CSUMNOTREADY if rng.random() < 0.3 else 0)
+        h.run(*frames, status=status)
+        sent += len(frames)
+        if sent % 8192 < len(frames):
+            h.fwd._sweep(time.monotonic() + rng.random() * 2)
+    assert len(h.fwd.flows) <= 5000 and h.fwd.session_count <= 2000
+    out = h.run(udp(src="198.18.200.1"))
+    assert len(out) == 1 and out[0][12:] == udp(src="198.18.200.1")[12:]

@@ -119,7 +119,8 @@ def test_full_config_every_feature():
         False,
         2,
     )
-    assert config.warnings == (f"{CONFIGS / 'full.conf'}:87:1: warning: gateway has no effect in DSR mode",)
+    assert vrrp.peers == (IPv4Address("172.16.1.250"), IPv4Address("172.16.1.251"))
+    assert config.warnings == (f"{CONFIGS / 'full.conf'}:88:1: warning: gateway has no effect in DSR mode",)
 
 
 def test_layout_variants():
@@ -386,7 +387,30 @@ CASES = {
         SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n advert 1500\n version 2\n}\n",
         ["<string>:49:9: advert 1500 must be a multiple of 1000 ms with VRRP version 2"],
     ),
+    "vrrp peers values": (
+        SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n peers 172.16.1.251,x\n}\n",
+        ["<string>:49:21: bad IPv4 address 'x'"],
+    ),
+    "vrrp peers not a host": (
+        SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n peers 172.16.1.251,224.0.0.5\n}\n",
+        ["<string>:49:21: 224.0.0.5 cannot be the address of a host"],
+    ),
+    "vrrp peers listed twice": (
+        SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n peers 172.16.1.9,172.16.1.8,172.16.1.9\n}\n",
+        ["<string>:49:30: peer 172.16.1.9 is listed twice"],
+    ),
+    "vrrp peers empty": (
+        SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n peers\n}\n",
+        ["<string>:49:2: 'peers' needs a value: 'peers ADDRESS[,ADDRESS...]'"],
+    ),
     # whole-file checks
+    "vrrp peers own addresses": (
+        SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n peers 172.16.1.253,172.16.1.9,172.16.1.252\n}\n",
+        [
+            "<string>:49:8: peer 172.16.1.253 is the shared address (virt of network 1)",
+            "<string>:49:32: peer 172.16.1.252 is this balancer's own address (real of network 1)",
+        ],
+    ),
     "missing modules": (
         seed(("modules   vrrp,arp,ping,hc,master,slb,tnat,nat,rt\n", "")),
         ["<string>:1:1: missing 'modules' statement, e.g. 'modules arp,hc,ping,slb,vrrp'"],
@@ -565,6 +589,34 @@ def test_errors_sorted_and_recovery_continues_after_each():
     )
     found = errors(text)
     assert [tuple(map(int, e.split(":")[1:3])) for e in found] == [(5, 16), (13, 16), (22, 16), (36, 18)]
+
+
+def test_vrrp_peers_are_read_sorted_and_rendered():
+    text = SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n peers 172.16.1.251,10.0.0.9,172.16.1.9\n}\n"
+    config = parse_text(text, "x.conf")
+    assert config.vrrp is not None and config.vrrp.peers == tuple(
+        IPv4Address(a) for a in ("10.0.0.9", "172.16.1.9", "172.16.1.251")
+    )
+    assert config.warnings == ()
+    assert render(config).endswith("    network 1\n    peers 10.0.0.9,172.16.1.9,172.16.1.251\n}\n")
+
+
+def test_vrrp_without_peers_is_a_warning():
+    config = parse_text(SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n}\n", "x.conf")
+    assert config.vrrp is not None and config.vrrp.peers == ()
+    assert config.warnings == (
+        "x.conf:45:1: warning: vrrp has no 'peers': any host on the segment can take over the shared "
+        "addresses with a forged advert; list the other balancers, e.g. 'peers 172.16.1.251'",
+    )
+    assert "peers" not in render(config)
+
+
+def test_dsrlb_check_prints_the_peers_warning(tmp_path):
+    path = tmp_path / "vrrp.conf"
+    path.write_text(SEED + "vrrp {\n vrid 1\n priority 100\n network 1\n}\n")
+    done = subprocess.run([DSRLB, "check", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    assert f"{path}:45:1: warning: vrrp has no 'peers'" in done.stderr + done.stdout
 
 
 def test_gateway_is_a_warning():

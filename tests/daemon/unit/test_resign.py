@@ -101,3 +101,43 @@ def test_sentinel_of_a_cleanly_stopped_daemon_sends_nothing(tmp_path: Path) -> N
     daemon.wait()
     _, err = sentinel.communicate(timeout=5)
     assert seen == [] and b"nothing to resign" in err
+
+
+def capabilities(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v, 16) for k, v in (line.split(":\t") for line in status if line.startswith("Cap"))}
+
+
+CAP_NET_ADMIN = 12
+
+
+@needs_root
+def test_sentinel_keeps_only_cap_net_raw(tmp_path: Path) -> None:
+    """It only sends a frame: the daemon's CAP_NET_ADMIN (and, here as root, everything else) is dropped."""
+    path = resign.path_for(str(tmp_path / "control.sock"))
+    daemon = subprocess.Popen(["sleep", "30"])
+    sentinel = watching(daemon, path)
+    try:
+        deadline = time.monotonic() + 5
+        while (caps := capabilities(sentinel.pid))["CapEff"] != 1 << resign.CAP_NET_RAW:
+            assert time.monotonic() < deadline, f"sentinel capabilities {caps}"
+            time.sleep(0.05)
+        assert (
+            caps["CapPrm"] == caps["CapEff"] and caps["CapAmb"] == 0 and caps["CapInh"] & ~caps["CapEff"] == 0
+        )
+        assert not caps["CapEff"] & 1 << CAP_NET_ADMIN
+    finally:
+        daemon.kill()
+        daemon.wait()
+        sentinel.communicate(timeout=5)
+
+
+def test_dropping_capabilities_keeps_at_most_cap_net_raw() -> None:
+    """In a child, so this process keeps its own; without privileges there is nothing to drop."""
+    code = "from dsrlb import resign; print(resign.keep_only_net_raw())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None"
+    code += "; import pathlib; print(pathlib.Path('/proc/self/status').read_text())"
+    status = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    eff = int(next(line for line in status.splitlines() if line.startswith("CapEff")).split()[1], 16)
+    assert eff & ~(1 << resign.CAP_NET_RAW) == 0

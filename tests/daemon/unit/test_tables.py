@@ -95,3 +95,20 @@ def test_admin_state_shows_drained_once_no_connection_is_open():
     assert views.admin_state("draining", 3) == "draining"
     assert views.admin_state("draining", 0) == "drained"
     assert views.admin_state("enabled", 0) == "enabled"
+
+
+def test_table_capacities_come_from_the_settings(config):
+    from dataclasses import replace
+
+    from dsrlb.dataplane.forwarder import ForwardingTable
+    from dsrlb.vocabulary import DEFAULTS
+
+    default = ForwardingTable({}, frozenset(), frozenset())
+    assert (default.flows, default.sessions, default.embryonic) == tuple(
+        DEFAULTS["set"][k] for k in ("flows", "sessions", "embryonic")
+    )
+    settings = replace(config.settings, flows=20000, sessions=500, embryonic=2.5)
+    table = build(
+        replace(config, settings=settings), {1: tables.TargetStatus(), 2: tables.TargetStatus()}
+    ).table
+    assert (table.flows, table.sessions, table.embryonic) == (20000, 500, 2.5)

@@ -124,6 +124,20 @@ def test_flags_and_extensions():
     assert "\nmodules vrrp,arp,ping,hc,slb\nset metrics off\nset drainidle 2\n\n" in text
 
 
+@pytest.mark.parametrize(
+    "peers, line",
+    [
+        (["172.16.1.251", "10.0.0.2", "172.16.1.9"], "    peers 10.0.0.2,172.16.1.9,172.16.1.251\n"),
+        ("172.16.1.251, 172.16.1.250", "    peers 172.16.1.250,172.16.1.251\n"),
+        ([], ""),
+        ("", ""),
+    ],
+)
+def test_vrrp_peers_are_written_sorted_and_left_out_when_empty(peers, line):
+    text = render(dict(SEED, vrrp=dict(vrid=7, priority=200, network=1, peers=peers)))
+    assert text.endswith(f"\nvrrp {{\n    vrid 7\n    priority 200\n    network 1\n{line}}}\n")
+
+
 def test_modules_are_derived_from_use_unless_given():
     assert derive_modules({}) == ["arp", "slb"]
     assert derive_modules(dict(targets=[dict(id=1, ping="1,3")], vrrp=dict(vrid=1))) == [
@@ -169,6 +183,8 @@ def test_modules_are_derived_from_use_unless_given():
         (dict(networks=[dict(id=1, addr="10.0.0.1/24")]), r"networks\[id=1\]\.addr: .*host bits set"),
         (dict(settings=dict(colour="red")), r"settings: unknown key\(s\) colour"),
         (dict(modules=["slb", "lbx"]), r"modules: unknown module\(s\) lbx"),
+        (dict(vrrp=dict(vrid=1, peers=["10.0.0.2", "fe80::1"])), r"vrrp\.peers: 'fe80::1' is not an IPv4"),
+        (dict(vrrp=dict(vrid=1, peers="10.0.0.2,10.0.0.2")), r"vrrp\.peers: an address is listed twice"),
         (dict(servers=[dict(id=1, ipaddr="10.0.0.1", port=-1)]), r"port: expected a non-negative integer"),
     ],
 )
