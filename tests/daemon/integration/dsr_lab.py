@@ -10,7 +10,6 @@ The router has no route trick: it finds the VIP by ARP on the LAN, which only th
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -112,8 +111,12 @@ class Lab:
     def stop_web(self, name: str) -> None:
         self.topo.stop(self.webs.pop(name))
 
+    def config_text(self) -> str:
+        """What the daemon runs: the seed config, unchanged (a subclass may add to it)."""
+        return SEED.read_text()
+
     def start_daemon(self) -> None:
-        shutil.copyfile(SEED, self.conf)
+        self.conf.write_text(self.config_text())
         with self.log.open("w") as log:
             self.daemon = self.topo.popen(
                 "balancer",

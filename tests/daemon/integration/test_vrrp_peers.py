@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from dsr_lab import CLIENT_SOURCES, DSRLB, SEED, Lab
+from dsr_lab import CLIENT_SOURCES, Lab
 
 from dsrlb_tools.netns import Topology
 
@@ -89,21 +88,8 @@ class VrrpLab(Lab):
         self.topo.add_host("stranger")
         self.topo.connect("stranger", addrs=[f"{STRANGER}/24"])
 
-    def start_daemon(self) -> None:
-        self.conf.write_text(SEED.read_text() + VRRP)
-        with self.log.open("w") as log:
-            self.daemon = self.topo.popen(
-                "balancer",
-                DSRLB,
-                "-s",
-                str(self.sock),
-                "run",
-                "-c",
-                str(self.conf),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.wait_targets({1: "up", 2: "up"}, timeout=20)
+    def config_text(self) -> str:
+        return super().config_text() + VRRP
 
     def vrrp(self) -> dict:
         view = self.show("vrrp")
