@@ -7,8 +7,9 @@ from __future__ import annotations
 
 MODULES = ("vrrp", "arp", "ping", "hc", "master", "slb", "tnat", "nat", "rt")
 METHODS = ("maglev", "rr", "random", "hash", "leastsessions", "first")
+STATELESS_METHODS = ("maglev", "hash", "first")
 PROTOCOLS = {"tcp": 6, "udp": 17}
-ACCESS = ("raw",)
+ACCESS = ("raw", "nftables")
 CHECK_MODULES = {"tcpopen": "hc", "ping": "ping", "http": "hc"}
 HEALTH_CHECKS = ("tcpopen", "ping", "http")
 DEFAULT_CONTROL = "/run/dsrlb/control.sock"
@@ -29,6 +30,7 @@ DEFAULTS = {
         "flows": 262144,
         "sessions": 262144,
         "embryonic": 5.0,
+        "hashseed": 1685287532,
     },
     "interface": {"access": "raw", "threads": 1},
     "network": {"name": ""},
@@ -36,4 +38,14 @@ DEFAULTS = {
     "target": {"weight": 1},
     "vrrp": {"advert": 1000, "preempt": True, "version": 3},
 }
-SETTINGS = ("control", "metrics", "arprefresh", "arpexpire", "drainidle", "flows", "sessions", "embryonic")
+SETTINGS = (
+    "control",
+    "metrics",
+    "arprefresh",
+    "arpexpire",
+    "drainidle",
+    "flows",
+    "sessions",
+    "embryonic",
+    "hashseed",
+)

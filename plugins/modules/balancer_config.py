@@ -69,6 +69,12 @@ options:
       embryonic:
         description: Idle timeout in seconds of a flow with one packet only (a TCP SYN, one UDP datagram).
         type: float
+      hashseed:
+        description:
+          - Seed (0 to 4294967295) of the jhash that maps a client address to a bucket of a virtual
+            server's target table, in the Python forwarder and in the kernel fast path alike. Balancers
+            that share clients need the same seed; the default is fixed, so they agree out of the box.
+        type: int
   interfaces:
     description: C(interface N { }) blocks.
     type: list
@@ -84,9 +90,11 @@ options:
         type: str
         required: true
       access:
-        description: Access method; only C(raw) exists.
+        description:
+          - Access method. C(raw) is the Python forwarder; C(nftables) forwards in the kernel (a
+            netdev ingress rule), for servers whose method is C(maglev), C(hash) or C(first).
         type: str
-        choices: [raw]
+        choices: [raw, nftables]
       threads:
         description: Number of forwarding workers.
         type: int
@@ -428,6 +436,7 @@ def argument_spec() -> dict:
                 flows=dict(type="int"),
                 sessions=dict(type="int"),
                 embryonic=dict(type="float"),
+                hashseed=dict(type="int"),
             ),
         ),
         interfaces=dict(

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 
 from dsrlb.config.model import Config, Network, Target
 from dsrlb.dataplane.forwarder import ForwardingTable, Service, ServiceState
+from dsrlb.maglev import table_size
 from dsrlb.selection import Candidate, Selector
 from dsrlb.vocabulary import PROTOCOLS
 
@@ -69,8 +70,10 @@ def build(
 
     `status` has an entry per serving target (a target without one is not served), `macs` maps a
     target's packed IPv4 address to its MAC, `states` holds each serving server's ServiceState (sessions
-    and counters outlive tables). A selector from `selectors` is reused when a server's method and
-    candidates are unchanged, so round-robin positions survive unrelated rebuilds.
+    and counters outlive tables). A selector from `selectors` is reused when a server's method, bucket
+    table size, hash seed and candidates are unchanged, so round-robin positions survive unrelated
+    rebuilds. The table size follows the targets the server lists, not the healthy ones: a target going
+    down moves only its own clients.
     """
     previous = selectors or {}
     services: dict[tuple[bytes, int, int], Service] = {}
@@ -93,8 +96,9 @@ def build(
                 candidates.append(
                     Candidate(tid, f"{target.ipaddr}:{server.port}", target.weight, target.backup)
                 )
-        key = (server.method, tuple(candidates))
-        selector = built.get(key) or previous.get(key) or Selector(server.method, candidates)
+        size, seed = table_size(len(server.targets)), config.settings.hashseed
+        key = (server.method, size, seed, tuple(candidates))
+        selector = built.get(key) or previous.get(key) or Selector(server.method, candidates, size, seed)
         built[key] = selector
         if not forwarding:
             continue  # a VRRP backup stays silent

@@ -11,8 +11,9 @@ from __future__ import annotations
 # --- config language -----------------------------------------------------------------------------
 MODULES = ("vrrp", "arp", "ping", "hc", "master", "slb", "tnat", "nat", "rt")  # canonical order
 METHODS = ("maglev", "rr", "random", "hash", "leastsessions", "first")  # the first is the default
+STATELESS_METHODS = ("maglev", "hash", "first")  # pick by a hash of the client address: what nftables can do
 PROTOCOLS = {"tcp": 6, "udp": 17}  # name -> IP protocol number
-ACCESS = ("raw",)  # interface access modes
+ACCESS = ("raw", "nftables")  # interface access modes: the Python forwarder, the kernel fast path
 CHECK_MODULES = {"tcpopen": "hc", "ping": "ping", "http": "hc"}  # health check -> module it needs
 HEALTH_CHECKS = tuple(CHECK_MODULES)  # canonical order
 
@@ -37,6 +38,7 @@ DEFAULTS = {
         "flows": 262144,
         "sessions": 262144,
         "embryonic": 5.0,
+        "hashseed": 0x6473726C,  # jhash seed of the bucket lookup ("dsrl"): fixed, so balancers agree
     },
     "interface": {"access": ACCESS[0], "threads": 1},
     "network": {"name": ""},

@@ -51,6 +51,7 @@ FULL = dict(
         flows=20000,
         sessions=262144,
         embryonic=2.5,
+        hashseed=0xDEADBEEF,
     ),
     interfaces=[dict(id=2, name="eth1", threads=1), dict(id=1, name="eth0", access="raw", threads=4)],
     networks=[
@@ -113,7 +114,9 @@ SPECS = {
     "full": FULL,
     "defaults spelled out": dict(
         SEED,
-        settings=dict(control="/run/dsrlb/control.sock", metrics="127.0.0.1:9410", drainidle=5),
+        settings=dict(
+            control="/run/dsrlb/control.sock", metrics="127.0.0.1:9410", drainidle=5, hashseed=0x6473726C
+        ),
         servers=[dict(SEED["servers"][0], method="maglev", session=600.0)],
         targets=[dict(target, weight=1, backup=False) for target in SEED["targets"]],
         vrrp=dict(vrid=1, priority=100, network=1, advert=1000, preempt=True, version=3, peers=[]),

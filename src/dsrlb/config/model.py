@@ -121,6 +121,7 @@ class Settings:
     flows: int = _SET["flows"]  # capacity of the flow table; beyond it new flows follow the stateless pick
     sessions: int = _SET["sessions"]  # capacity of the session tables of all virtual servers together
     embryonic: float = _SET["embryonic"]  # idle timeout of a flow that has seen one packet only
+    hashseed: int = _SET["hashseed"]  # jhash seed of the client -> bucket step, the same on every balancer
 
 
 @dataclass(frozen=True)

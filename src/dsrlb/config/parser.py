@@ -18,14 +18,25 @@ from typing import Any, NamedTuple
 
 from dsrlb.config import model
 from dsrlb.config.lexer import EOF, LBRACE, NEWLINE, RBRACE, STRING, WORD, Token, tokenize
-from dsrlb.vocabulary import ACCESS, CHECK_MODULES, DEFAULTS, HEALTH_CHECKS, METHODS, MODULES, PROTOCOLS
+from dsrlb.vocabulary import (
+    ACCESS,
+    CHECK_MODULES,
+    DEFAULTS,
+    HEALTH_CHECKS,
+    METHODS,
+    MODULES,
+    PROTOCOLS,
+    STATELESS_METHODS,
+)
 
 MAX_ID = 65535
 MAX_SECONDS = 86400.0
 MAX_TABLE = 1 << 24  # `set flows` and `set sessions`: 16 M entries, some GB of memory
 MAX_FILE_BYTES = 16 << 20
 MAX_ADDRESSES = 250  # VIPs and virt one balancer answers for: what its packet filter holds (dataplane/bpf.py)
+MAX_SEED = 0xFFFFFFFF
 _INT = re.compile(r"[0-9]{1,9}")
+_SEED = re.compile(r"[0-9]{1,10}|0[xX][0-9a-fA-F]{1,8}")
 _SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,3})?")
 _IFNAME = re.compile(r"[^\s/:]{1,15}")
 _HTTP_PATH = re.compile(r"/[!-~]*")
@@ -119,6 +130,16 @@ def _seconds(it: _Item, what: str) -> float:
     value = float(it.text)
     if not 0 < value <= MAX_SECONDS:
         raise _Fail(it, f"{what} {it.text} is out of range: more than 0 and at most {MAX_SECONDS:.0f} s")
+    return value
+
+
+def _seed(it: _Item) -> int:
+    """`hashseed`: a 32-bit jhash seed, decimal or 0x hex (how nft writes it)."""
+    if not _SEED.fullmatch(it.text):
+        raise _Fail(it, f"bad hashseed {_show(it.text)}: expected a whole number 0..{MAX_SEED} or 0x hex")
+    value = int(it.text, 16) if it.text[1:2] in ("x", "X") else int(it.text)
+    if value > MAX_SEED:
+        raise _Fail(it, f"hashseed {value} is out of range 0..{MAX_SEED} (0xffffffff)")
     return value
 
 
@@ -356,6 +377,7 @@ _KINDS: dict[str, _Kind] = {
             "flows": ("flows 1..16777216", partial(_int, lo=1, hi=MAX_TABLE, what="flows")),
             "sessions": ("sessions 1..16777216", partial(_int, lo=1, hi=MAX_TABLE, what="sessions")),
             "embryonic": ("embryonic SECONDS", partial(_seconds, what="embryonic")),
+            "hashseed": ("hashseed 0..4294967295|0xHEX", _seed),
         },
         has_id=False,
     ),
@@ -669,6 +691,7 @@ class _Parser:
                 self._error(b.items["network"], f"network {b.values['network']} is not defined")
             self._check_peers(b, networks.get(b.values.get("network")))
         self._check_servers()
+        self._check_access()
         self._check_capacity()
 
     def _check_peers(self, vrrp: _Block, network: _Block | None) -> None:
@@ -761,6 +784,22 @@ class _Parser:
                 self._error(
                     b.keys.get("dsr", b.head),
                     f"target {t} is used by server {sid} but lacks 'dsr enable': only DSR mode is supported",
+                )
+
+    def _check_access(self) -> None:
+        """The kernel fast path can only hash: servers that pick per connection need the Python one."""
+        kernel = [
+            i for i, b in sorted(self.blocks["interface"].items()) if b.values.get("access") == "nftables"
+        ]
+        if not kernel:
+            return
+        for s in self.blocks["server"].values():
+            method = s.values.get("method")
+            if method is not None and method not in STATELESS_METHODS:
+                self._error(
+                    s.items["method"],
+                    f"method {method} needs access raw: access nftables (interface {kernel[0]}) picks "
+                    f"targets by a hash of the client address ({_alternatives(STATELESS_METHODS)})",
                 )
 
     def _check_capacity(self) -> None:

@@ -1,4 +1,4 @@
-"""Maglev table: balance, minimal disruption, determinism across processes, weights."""
+"""Maglev table: its size, balance, minimal disruption, determinism across processes, weights."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from collections import Counter
 
 import pytest
 
-from dsrlb.maglev import TABLE_SIZE, build_table, lookup, stable_hash
+from dsrlb.maglev import MAX_SIZE, build_table, stable_hash, table_size
+
+SIZE = table_size(100)  # 10007
+SMALL = table_size(3)  # 307
 
 
 def backends(n: int, weight: int = 1) -> dict[int, tuple[str, int]]:
@@ -20,35 +23,45 @@ def backends(n: int, weight: int = 1) -> dict[int, tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def table100():
-    return build_table(backends(100))
+    return build_table(backends(100), SIZE)
+
+
+@pytest.mark.parametrize(
+    ("targets", "size"),
+    [(0, 101), (1, 101), (2, 211), (3, 307), (5, 503), (10, 1009), (50, 5003), (100, 10007), (700, MAX_SIZE)],
+)
+def test_table_size_is_the_next_prime_after_100_buckets_a_target(targets, size):
+    assert table_size(targets) == size
 
 
 def test_equal_weights_balance(table100):
     counts = Counter(table100)
-    assert len(table100) == TABLE_SIZE
+    assert len(table100) == SIZE
     assert set(counts) == set(range(1, 101))
-    assert max(counts.values()) / (TABLE_SIZE / 100) <= 1.01
+    assert max(counts.values()) / (SIZE / 100) <= 1.01
 
 
 def test_removing_one_backend_remaps_few_slots(table100):
     fewer = backends(100)
     del fewer[37]
-    after = build_table(fewer)
+    after = build_table(fewer, SIZE)
     assert 37 not in after
+    # ideal: only its own 1/100; with ~100 slots a backend Maglev moves about 2.5 times that
+    # (benchmarks/maglev_balance.py), the price of tables small enough for the kernel fast path
     moved = sum(1 for a, b in zip(table100, after, strict=True) if a != b)
-    assert moved / TABLE_SIZE <= 1 / 100 + 0.01
+    assert moved / SIZE <= 3 / 100
     # slots of surviving backends mostly stay where they were
     kept = sum(1 for a, b in zip(table100, after, strict=True) if a != 37 and a == b)
-    assert kept / sum(1 for a in table100 if a != 37) >= 0.99
+    assert kept / sum(1 for a in table100 if a != 37) >= 0.98
 
 
 def test_independent_of_input_order_and_ids():
     forward = backends(10)
     backward = dict(reversed(list(forward.items())))
-    assert build_table(forward) == build_table(backward)
+    assert build_table(forward, SIZE) == build_table(backward, SIZE)
     # ids are labels only: the same keys under other ids give the same slots
     renumbered = {tid + 1000: value for tid, value in forward.items()}
-    assert [tid + 1000 for tid in build_table(forward)] == list(build_table(renumbered))
+    assert [tid + 1000 for tid in build_table(forward, SIZE)] == list(build_table(renumbered, SIZE))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -61,18 +74,18 @@ def test_shuffled_ids_give_the_same_slots_per_key(seed):
     theirs = dict(zip(ids, ours.values(), strict=True))
     key_of = {tid: key for tid, (key, _) in ours.items()}
     their_key_of = {tid: key for tid, (key, _) in theirs.items()}
-    mine = [key_of[tid] for tid in build_table(ours)]
-    other = [their_key_of[tid] for tid in build_table(theirs)]
+    mine = [key_of[tid] for tid in build_table(ours, SIZE)]
+    other = [their_key_of[tid] for tid in build_table(theirs, SIZE)]
     disagree = sum(1 for a, b in zip(mine, other, strict=True) if a != b)
-    assert disagree == 0, f"{disagree} of {TABLE_SIZE} buckets send clients to another target"
+    assert disagree == 0, f"{disagree} of {SIZE} buckets send clients to another target"
 
 
 def test_same_table_in_other_processes():
-    here = hashlib.sha256(build_table(backends(7)).tobytes()).hexdigest()
+    here = hashlib.sha256(build_table(backends(7), 701).tobytes()).hexdigest()
     script = (
         "import hashlib; from dsrlb.maglev import build_table\n"
         "b = {i: (f'172.16.{i // 200}.{i % 200 + 1}:80', 1) for i in range(7, 0, -1)}\n"
-        "print(hashlib.sha256(build_table(b).tobytes()).hexdigest())"
+        "print(hashlib.sha256(build_table(b, 701).tobytes()).hexdigest())"
     )
     for seed in ("0", "4242"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
@@ -83,25 +96,31 @@ def test_same_table_in_other_processes():
 
 
 def test_weights_give_proportional_shares():
-    table = build_table({1: ("a:80", 1), 2: ("b:80", 2), 3: ("c:80", 3)})
+    table = build_table({1: ("a:80", 1), 2: ("b:80", 2), 3: ("c:80", 3)}, SMALL)
     counts = Counter(table)
     for tid, share in ((1, 1 / 6), (2, 2 / 6), (3, 3 / 6)):
-        assert abs(counts[tid] / TABLE_SIZE - share) <= 0.02
+        assert abs(counts[tid] / SMALL - share) <= 0.01
+
+
+def test_a_light_backend_keeps_a_slot_next_to_a_heavy_one():
+    """Weights 1000 and 1 in a 211-slot table: the light one's share rounds to one slot, not none."""
+    table = build_table({1: ("a:80", 1000), 2: ("b:80", 1)}, table_size(2))
+    assert Counter(table)[2] == 1
 
 
 def test_scaled_weights_give_the_same_table():
-    assert build_table({1: ("a:80", 1), 2: ("b:80", 2)}) == build_table({1: ("a:80", 10), 2: ("b:80", 20)})
+    assert build_table({1: ("a:80", 1), 2: ("b:80", 2)}, SMALL) == build_table(
+        {1: ("a:80", 10), 2: ("b:80", 20)}, SMALL
+    )
 
 
 def test_empty_and_single():
-    assert len(build_table({})) == 0
-    assert set(build_table({5: ("x:80", 3)})) == {5}
+    assert len(build_table({}, SMALL)) == 0
+    assert set(build_table({5: ("x:80", 3)}, SMALL)) == {5}
 
 
-def test_lookup_and_stable_hash():
-    table = build_table(backends(3))
+def test_stable_hash():
     h = stable_hash(bytes([198, 18, 0, 10]))
-    assert lookup(table, h) == table[h % TABLE_SIZE]
     assert 0 <= h < 2**64
     assert stable_hash(b"x", 0) != stable_hash(b"x", 1)
     assert stable_hash(b"x") == stable_hash(b"x")
@@ -110,10 +129,11 @@ def test_lookup_and_stable_hash():
 @pytest.mark.parametrize(
     ("mapping", "size", "message"),
     [
-        ({1: ("a", 0)}, TABLE_SIZE, "weight"),
-        ({1: ("a", 1), 2: ("a", 1)}, TABLE_SIZE, "share the key"),
-        ({-1: ("a", 1)}, TABLE_SIZE, "out of range"),
+        ({1: ("a", 0)}, SMALL, "weight"),
+        ({1: ("a", 1), 2: ("a", 1)}, SMALL, "share the key"),
+        ({-1: ("a", 1)}, SMALL, "out of range"),
         ({1: ("a", 1)}, 65536, "prime"),
+        ({1: ("a", 1)}, 1, "prime"),
     ],
 )
 def test_bad_input_is_a_clear_error(mapping, size, message):

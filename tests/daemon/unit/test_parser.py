@@ -316,7 +316,7 @@ CASES = {
     "access and threads": (
         seed(("access raw\n", "access bpf\n threads 65\n")),
         [
-            "<string>:6:18: bad access 'bpf': expected raw",
+            "<string>:6:18: bad access 'bpf': expected raw or nftables",
             "<string>:7:10: threads 65 is out of range 1..64",
         ],
     ),
@@ -374,6 +374,14 @@ CASES = {
         seed(("          targets 1,2\n", "          targets 1,2\n method roundrobin\n")),
         ["<string>:25:9: bad method 'roundrobin': expected maglev, rr, random, hash, leastsessions or first"],
     ),
+    "bad hashseed": (
+        "set hashseed 0xdeadbeef0\n" + SEED,
+        ["<string>:1:14: bad hashseed '0xdeadbeef0': expected a whole number 0..4294967295 or 0x hex"],
+    ),
+    "hashseed out of range": (
+        "set hashseed 4294967296\n" + SEED,
+        ["<string>:1:14: hashseed 4294967296 is out of range 0..4294967295 (0xffffffff)"],
+    ),
     "vrrp values": (
         SEED + "vrrp {\n vrid 256\n priority 255\n network 1\n advert 15\n preempt yes\n}\n",
         [
@@ -409,6 +417,16 @@ CASES = {
         [
             "<string>:49:8: peer 172.16.1.253 is the shared address (virt of network 1)",
             "<string>:49:32: peer 172.16.1.252 is this balancer's own address (real of network 1)",
+        ],
+    ),
+    "method that nftables cannot do": (
+        seed(
+            ("access raw\n", "access nftables\n"),
+            ("          targets 1,2\n", "          targets 1,2\n method leastsessions\n"),
+        ),
+        [
+            "<string>:25:9: method leastsessions needs access raw: access nftables (interface 1) picks "
+            "targets by a hash of the client address (maglev, hash or first)"
         ],
     ),
     "missing modules": (
@@ -589,6 +607,20 @@ def test_errors_sorted_and_recovery_continues_after_each():
     )
     found = errors(text)
     assert [tuple(map(int, e.split(":")[1:3])) for e in found] == [(5, 16), (13, 16), (22, 16), (36, 18)]
+
+
+def test_hashseed_and_access_nftables():
+    """`hashseed` reads decimal or hex and is written in decimal; nftables takes the hashing methods."""
+    for value in ("0xDEADbeef", "3735928559"):
+        config = parse_text(seed(("access raw\n", "access nftables\n")) + f"set hashseed {value}\n")
+        assert config.settings.hashseed == 0xDEADBEEF and config.interfaces[1].access == "nftables"
+        assert "\nset hashseed 3735928559\n" in render(config)
+    for method in ("hash", "first", "maglev"):
+        kernel = seed(("access raw\n", "access nftables\n"))
+        text = kernel.replace("          targets 1,2\n", f"          targets 1,2\n method {method}\n")
+        assert parse_text(text).servers[1].method == method
+    assert "hashseed" not in render(parse_text(SEED + "set hashseed 0x6473726c\n"))  # the default
+    assert parse_text(SEED + "set hashseed 0\n").settings.hashseed == 0
 
 
 def test_vrrp_peers_are_read_sorted_and_rendered():

@@ -112,3 +112,22 @@ def test_table_capacities_come_from_the_settings(config):
         replace(config, settings=settings), {1: tables.TargetStatus(), 2: tables.TargetStatus()}
     ).table
     assert (table.flows, table.sessions, table.embryonic) == (20000, 500, 2.5)
+
+
+def test_bucket_table_size_follows_the_listed_targets_and_the_seed_the_settings(config):
+    """The seed server lists two targets: 211 buckets, also while one is down, so that a failure moves
+    only that target's clients; the seed comes from `set hashseed`, and a new one means a new selector."""
+    from dataclasses import replace
+
+    from dsrlb.maglev import table_size
+
+    up = {1: tables.TargetStatus(), 2: tables.TargetStatus()}
+    first = build(config, up)
+    selector = first.table.services[VIP_KEY].selector
+    assert (selector.size, selector.seed) == (table_size(2), config.settings.hashseed) == (211, 0x6473726C)
+    one_down = build(config, {1: tables.TargetStatus(), 2: tables.TargetStatus(up=False)})
+    assert one_down.table.services[VIP_KEY].selector.size == 211
+    assert set(one_down.table.services[VIP_KEY].selector.buckets()) == {1}
+    reseeded = replace(config, settings=replace(config.settings, hashseed=7))
+    again = build(reseeded, up, selectors=first.selectors).table.services[VIP_KEY].selector
+    assert again is not selector and again.seed == 7

@@ -1,0 +1,64 @@
+"""The Linux kernel's jhash and nftables' scaling of it, bit for bit.
+
+`access nftables` lets the kernel pick a target with `jhash ip saddr mod N seed S map @buckets`; the
+Python forwarder (`access raw`) must pick the same bucket for the same client, so that nodes in either
+mode, and a flow that moves between them, agree. This is a port of include/linux/jhash.h (`jhash`) and
+of net/netfilter/nft_hash.c (`nft_jhash_eval`: `reciprocal_scale`, offset 0). A leaf module: the data
+plane calls it per new client, so it is written out flat rather than with helper calls.
+"""
+
+from __future__ import annotations
+
+import sys
+
+JHASH_INITVAL = 0xDEADBEEF
+_M = 0xFFFFFFFF
+
+
+def jhash(key: bytes, seed: int) -> int:
+    """The kernel's `jhash(key, len(key), seed)`, a 32-bit value.
+
+    Blocks before the last 1..12 bytes are read in the CPU's byte order (`__get_unaligned_cpu32`), the
+    last ones as little-endian words (the kernel's `switch`): keys of at most 12 bytes, like an IPv4
+    address, hash the same on every CPU.
+    """
+    length = len(key)
+    a = b = c = (JHASH_INITVAL + length + seed) & _M
+    pos = 0
+    while length - pos > 12:  # __jhash_mix
+        a = (a + int.from_bytes(key[pos : pos + 4], sys.byteorder)) & _M
+        b = (b + int.from_bytes(key[pos + 4 : pos + 8], sys.byteorder)) & _M
+        c = (c + int.from_bytes(key[pos + 8 : pos + 12], sys.byteorder)) & _M
+        a = ((a - c) & _M) ^ ((c << 4 | c >> 28) & _M)
+        c = (c + b) & _M
+        b = ((b - a) & _M) ^ ((a << 6 | a >> 26) & _M)
+        a = (a + c) & _M
+        c = ((c - b) & _M) ^ ((b << 8 | b >> 24) & _M)
+        b = (b + a) & _M
+        a = ((a - c) & _M) ^ ((c << 16 | c >> 16) & _M)
+        c = (c + b) & _M
+        b = ((b - a) & _M) ^ ((a << 19 | a >> 13) & _M)
+        a = (a + c) & _M
+        c = ((c - b) & _M) ^ ((b << 4 | b >> 28) & _M)
+        b = (b + a) & _M
+        pos += 12
+    if pos == length:
+        return c  # the kernel's `case 0`: nothing left, no final mix
+    tail = int.from_bytes(key[pos:], "little")  # the last 1..12 bytes as three words, zero-padded
+    a = (a + (tail & _M)) & _M
+    b = (b + (tail >> 32 & _M)) & _M
+    c = (c + (tail >> 64)) & _M
+    # __jhash_final
+    c = ((c ^ b) - ((b << 14 | b >> 18) & _M)) & _M
+    a = ((a ^ c) - ((c << 11 | c >> 21) & _M)) & _M
+    b = ((b ^ a) - ((a << 25 | a >> 7) & _M)) & _M
+    c = ((c ^ b) - ((b << 16 | b >> 16) & _M)) & _M
+    a = ((a ^ c) - ((c << 4 | c >> 28) & _M)) & _M
+    b = ((b ^ a) - ((a << 14 | a >> 18) & _M)) & _M
+    return ((c ^ b) - ((b << 24 | b >> 8) & _M)) & _M
+
+
+def bucket(key: bytes, seed: int, size: int) -> int:
+    """The bucket 0..size-1 of `jhash KEY mod SIZE seed SEED` in nftables: `reciprocal_scale`, i.e. the
+    high bits of hash x size, not `hash % size` (the kernel avoids the division)."""
+    return (jhash(key, seed) * size) >> 32
