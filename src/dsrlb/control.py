@@ -68,7 +68,7 @@ async def _sessions(daemon: Controlled, request: dict[str, Any]) -> dict[str, An
             paging["client"] = str(ipaddress.IPv4Address(str(paging["client"])))
         except ValueError:
             return _error(f"sessions: client {paging['client']!r} is not an IPv4 address")
-    page = daemon.show_sessions(**paging)
+    page = await asyncio.to_thread(daemon.show_sessions, **paging)  # nftables: nft lists the kernel's map
     await asyncio.sleep(0)  # the page and its JSON text each take the loop for a while: not both at once
     return {"ok": True, "data": page["sessions"], "total": page["total"], "truncated": page["truncated"]}
 

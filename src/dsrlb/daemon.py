@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -27,11 +27,11 @@ from dsrlb.config.model import Config, Interface, Network
 from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
 from dsrlb.dataplane.forwarder import Forwarder, ServiceState
+from dsrlb.dataplane.nftables import KernelTable, NftError, ruleset, service_name, transaction
 from dsrlb.dataplane.packet import arp_frame, gratuitous_arp
 from dsrlb.dataplane.ring import Insn, PacketRing, check_filter
 from dsrlb.failover import Failover
 from dsrlb.health import HealthMonitor
-from dsrlb.ingress import IngressFilter
 from dsrlb.selection import Selector
 from dsrlb.vrrp import GROUP_MAC
 from dsrlb.vrrp import build as build_advert
@@ -40,6 +40,7 @@ log = logging.getLogger("dsrlb")
 
 ARP_RETRY = 1.0  # seconds between ARP requests for a target whose MAC we do not know
 GARP_BURST = (0.05, 0.1, 0.2, 3.0)  # gratuitous ARP after the first: a burst, then once more later
+KERNEL_POLL = 0.5  # seconds between reads of the kernel's counters (and checks that our table is there)
 GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that learned a wrong MAC recovers
 
 
@@ -77,6 +78,7 @@ class Plan:
     network: Network
     addresses: list[IPv4Address]  # answered for: VIPs and `virt`
     program: list[Insn]  # the packet filter for them
+    kernel_forwards: bool  # access nftables: the kernel forwards the virtual servers' traffic
 
 
 def data_plane_of(config: Config) -> tuple[Interface, Network]:
@@ -105,7 +107,7 @@ class Daemon:
     network: Network
     arp_sock: socket.socket
     forwarder: Forwarder
-    ingress: IngressFilter
+    kernel: KernelTable
 
     def __init__(self, path: str, control_path: str | None = None) -> None:
         self.path = path
@@ -120,6 +122,9 @@ class Daemon:
         self.warm = False  # cold start: no forwarding and no ARP/ping answers until `ready()` (_warm_up)
         self.failover = Failover(self)
         self.ring_drops = 0
+        self.kernel_seen: dict[int, tuple[int, float]] = {}  # target -> (packets, when they last grew)
+        self.kernel_forwards = False  # access nftables in the adopted config
+        self.addresses: list[IPv4Address] = []  # what we answer for, from the adopted config
         self.stopping: asyncio.Event | None = None
         self.exit_status = 0
 
@@ -142,6 +147,18 @@ class Daemon:
         except OSError as err:
             print(f"dsrlb: interface {self.interface.name}: {err.strerror or err}", file=sys.stderr)
             return 1
+        self.kernel = KernelTable(self.interface.name)
+        if self.kernel.nft is None:
+            log.warning("nft not found: the kernel of this host will also process VIP traffic")
+        if self.interface.access == "nftables":
+            why = self.kernel.supported()
+            if why is not None:
+                self.ring.close()
+                print(
+                    f"dsrlb: access nftables needs nft and netdev fwd in the kernel ({why}); use access raw",
+                    file=sys.stderr,
+                )
+                return 1
         try:
             plan = self._prepare(self.config, self.network)
         except StartupError as err:
@@ -156,7 +173,6 @@ class Daemon:
             )
         self.arp_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.arp_sock.bind((self.interface.name, 0))
-        self.ingress = IngressFilter(self.interface.name)
         loop = asyncio.get_running_loop()
         self.forwarder.on_neighbor = lambda ip: loop.call_soon_threadsafe(self.schedule_rebuild)
         self.forwarder.on_vrrp = self.failover.post  # bounded and rate-limited; drained on the loop
@@ -171,7 +187,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        tasks = [asyncio.create_task(self._resolve_targets()), asyncio.create_task(self._keep_announcing())]
+        tasks = [
+            asyncio.create_task(self._resolve_targets()),
+            asyncio.create_task(self._keep_announcing()),
+            asyncio.create_task(self._watch_kernel()),
+        ]
         watchdog = systemd.watchdog_interval()
         if watchdog is not None:
             tasks.append(asyncio.create_task(self._feed_watchdog(watchdog)))
@@ -191,8 +211,8 @@ class Daemon:
             server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)  # a client that asks now is told no daemon runs, not "refused"
+        self.kernel.remove()  # the peer took over: the kernel forwards and drops nothing for us any more
         self.forwarder.stop()
-        self.ingress.remove()
         self.ring.close()
         self.arp_sock.close()
         return self.exit_status
@@ -283,26 +303,34 @@ class Daemon:
         """Build and check everything `config` derives, changing nothing: a config this daemon cannot
         run (say, more addresses than the packet filter holds) is refused while the old one serves."""
         addresses = tables.addresses(config, network)
+        kernel_forwards = data_plane_of(config)[0].access == "nftables"
+        if kernel_forwards and self.interface.access != "nftables" and (why := self.kernel.supported()):
+            raise StartupError(
+                f"{config.source}: access nftables needs nft and netdev fwd in the kernel ({why})"
+            )
         try:
-            program = bpf.program(addresses)
+            program = bpf.program(addresses, kernel_forwards)
             check_filter(program)
             if config.vrrp is not None:
                 v = config.vrrp
                 source = config.networks[v.network].real
                 build_advert(v.version, v.vrid, v.priority, v.advert_ms, source, addresses, self.mac)
             serving = tables.serving_targets(config)
-            tables.build(
+            built = tables.build(
                 config,
                 network,
                 {tid: tables.TargetStatus() for tid in serving},
-                {t.ipaddr.packed: self.mac for t in serving.values()},
+                {t.ipaddr.packed: b"\x02\x00" + t.ipaddr.packed for t in serving.values()},  # stand-ins
                 self.mac,
                 {sid: ServiceState() for sid, s in config.servers.items() if s.serving},
                 selectors=self._selectors,
             )
+            rules = ruleset(built.table, self.interface.name, self.mac, addresses, kernel_forwards)
+            if kernel_forwards:
+                self.kernel.check(transaction(rules, None, "dsrlb_check", {}))
         except Exception as err:  # whatever fails here would have failed halfway through _apply
             raise StartupError(f"{config.source}: this daemon cannot run it: {err}") from err
-        return Plan(network, addresses, program)
+        return Plan(network, addresses, program, kernel_forwards)
 
     def _apply(self, config: Config, plan: Plan) -> None:
         """Adopt a config `_prepare` accepted: start/stop health monitors, keep runtime state, rebuild."""
@@ -335,8 +363,14 @@ class Daemon:
                 self.states.setdefault(sid, ServiceState())
         source = config.networks[config.vrrp.network].real if config.vrrp else self.network.real
         self.failover.configure(config.vrrp, source, plan.addresses)
-        self.forwarder.attach_filter(plan.program)
-        self.ingress.apply(plan.addresses)
+        self.addresses = plan.addresses
+        if plan.kernel_forwards and not self.kernel_forwards:  # make before break: the kernel first
+            self.kernel_forwards = True
+            self.rebuild()
+            self.forwarder.attach_filter(plan.program)
+        else:  # the Python forwarder first (raw, or nothing changes)
+            self.forwarder.attach_filter(plan.program)
+            self.kernel_forwards = plan.kernel_forwards
         self.rebuild()
 
     # --- forwarding table ---------------------------------------------------------------------
@@ -375,7 +409,64 @@ class Daemon:
             selectors=self._selectors,
         )
         self._selectors = built.selectors
-        self.forwarder.install(built.table)
+        table = built.table
+        if self.kernel_forwards:
+            self.forwarder.install(replace(table, services={}))  # ARP, ping and VRRP only
+        else:
+            self.forwarder.install(table)
+        rules = ruleset(table, self.interface.name, self.ring.mac, self.addresses, self.kernel_forwards)
+        if rules != self.kernel.installed and (self.kernel.nft or self.kernel_forwards):
+            try:
+                self.kernel.apply(rules)
+            except NftError as err:
+                log.error("nftables: table %s not updated: %s", self.kernel.name, err)
+
+    async def _watch_kernel(self) -> None:
+        """Read the kernel's counters, and put our table back within a second when someone removed it
+        (`nft flush ruleset`, or `systemctl reload nftables` with Debian's /etc/nftables.conf)."""
+        while self.kernel.nft is not None:
+            await asyncio.sleep(KERNEL_POLL)
+            if self.kernel.installed is None:
+                continue
+            try:
+                self.kernel.refresh()
+            except NftError as err:
+                log.error("nftables: cannot read or restore table %s: %s", self.kernel.name, err)
+                continue
+            if self.kernel_forwards:
+                self._kernel_counters()
+
+    def _kernel_counters(self) -> None:
+        """Access nftables: per target counters and activity from the kernel's, as the Python forwarder
+        keeps them (a draining target is drained once no packet went to it for `drainidle` seconds)."""
+        assert self.config is not None and self.kernel.installed is not None
+        now = time.monotonic()
+        sids = {
+            service_name(str(s.ipaddr), s.protocol, s.port): sid
+            for sid, s in self.config.servers.items()
+            if s.serving
+        }
+        packets: dict[int, int] = {}
+        for s in self.kernel.installed.services:
+            state = self.states.get(sids.get(s.name, -1))
+            for tid, _ in s.targets:
+                counter = self.kernel.counters.get(f"c_{s.name}_{tid}")
+                if counter is not None and state is not None:
+                    state.counters[tid] = counter
+                    packets[tid] = packets.get(tid, 0) + counter[0]
+        for tid, n in packets.items():
+            seen, last = self.kernel_seen.get(tid, (0, 0.0))
+            self.kernel_seen[tid] = (n, now if n > seen else last)
+
+    def _activity(self) -> dict[int, tuple[int, float]]:
+        """Per target (open connections, last packet): counted by the Python forwarder with access raw;
+        with access nftables the kernel keeps no count, so 1 while packets went to it in the last
+        `drainidle` seconds."""
+        if not self.kernel_forwards:
+            return self.forwarder.activity
+        assert self.config is not None
+        recent = time.monotonic() - self.config.settings.drainidle
+        return {tid: (int(last >= recent), last) for tid, (_, last) in self.kernel_seen.items() if last}
 
     # --- neighbours ---------------------------------------------------------------------------
     async def _resolve_targets(self) -> None:
@@ -474,21 +565,40 @@ class Daemon:
     # --- views.Status -------------------------------------------------------------------------
     def show_targets(self) -> list[dict[str, Any]]:
         assert self.config is not None
-        return views.targets(
-            self.config, self.runtime, self.states.values(), self.forwarder.activity, self._macs()
-        )
+        return views.targets(self.config, self.runtime, self.states.values(), self._activity(), self._macs())
 
     def show_servers(self) -> list[dict[str, Any]]:
         assert self.config is not None
         return views.servers(self.config, self.states)
 
     def show_sessions(self, limit: int = views.SESSIONS_LIMIT, client: str | None = None) -> dict[str, Any]:
-        return views.sessions(self.states, time.monotonic(), limit, client)
+        """Raw: the Python forwarder's sessions. Nftables: the kernel's flow map, one row per flow (called
+        off the event loop: listing a big map takes nft seconds)."""
+        if not self.kernel_forwards:
+            return views.sessions(self.states, time.monotonic(), limit, client)
+        assert self.config is not None and self.kernel.installed is not None
+        return views.kernel_flows(self.kernel.flows(), self.config, self.kernel.installed, limit, client)
 
     def show_stats(self) -> dict[str, Any]:
         self.ring_drops += self.forwarder.kernel_drops()  # read-and-reset in the kernel, so accumulate here
+        stats = self.forwarder.stats
+        if self.kernel_forwards:
+            counters = self.kernel.counters
+            drops = stats.drops.copy()
+            drops["no_target"] += sum(v[0] for n, v in counters.items() if n.startswith("n_"))
+            stats = replace(
+                stats,
+                forwarded=sum(v[0] for n, v in counters.items() if n.startswith("c_")),
+                flows_overflow=counters.get("overflow", [0])[0],
+                drops=drops,
+            )
         return views.stats(
-            self.forwarder.stats, self.ring_drops, self.generation, time.monotonic() - self.started
+            stats,
+            self.ring_drops,
+            self.generation,
+            time.monotonic() - self.started,
+            access="nftables" if self.kernel_forwards else "raw",
+            restored=self.kernel.restored,
         )
 
     def show_vrrp(self) -> dict[str, Any]:

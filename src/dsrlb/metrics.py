@@ -120,6 +120,12 @@ def render(daemon: Status) -> str:
         [({"result": "changed"}, stats["arp_changed"]), ({"result": "ignored"}, stats["arp_ignored"])],
     )
     metric(
+        "ruleset_restored_total",
+        "counter",
+        "Times the kernel's dsrlb table was found removed (say, nft flush ruleset) and put back.",
+        [({"access": stats["access"]}, stats["ruleset_restored"])],
+    )
+    metric(
         "config_generation",
         "gauge",
         "Config generation in service (1 = first load).",

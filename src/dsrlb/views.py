@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from dsrlb.config.model import Config
 from dsrlb.dataplane.forwarder import ServiceState, Stats
+from dsrlb.dataplane.nftables import Ruleset
 
 
 class Status(Protocol):
@@ -147,6 +148,35 @@ def sessions(
     return {"sessions": rows, "total": total, "truncated": len(rows) < total}
 
 
+def kernel_flows(
+    flows: list[tuple[str, int, str, int, str, int]],
+    config: Config,
+    rules: Ruleset,
+    limit: int = SESSIONS_LIMIT,
+    client: str | None = None,
+) -> dict[str, Any]:
+    """`sessions` for access nftables: the kernel's flow map, one row per flow (client address and port),
+    `idle` taken from its expiry (exact once it saw a second packet)."""
+    limit = max(0, min(limit, SESSIONS_MAX))
+    targets = {(s.vip, s.port, mac): tid for s in rules.services for tid, mac in s.targets}
+    timeouts = {(s.vip, s.port): s.timeout for s in rules.services}
+    sids = {(str(s.ipaddr), s.port): sid for sid, s in config.servers.items() if s.serving}
+    picked = [f for f in flows if client is None or f[0] == client]
+    rows = [
+        {
+            "server": sids.get((vip, port)),
+            "client": src,
+            "port": sport,
+            "target": targets.get((vip, port, mac)),
+            "idle": max(0, timeouts.get((vip, port), 0) - expires)
+            if expires > rules.embryonic
+            else max(0, rules.embryonic - expires),
+        }
+        for src, sport, vip, port, mac, expires in sorted(picked, key=lambda f: f[:4])[:limit]
+    ]
+    return {"sessions": rows, "total": len(picked), "truncated": len(rows) < len(picked)}
+
+
 def _first(table: Mapping[bytes, Any], n: int) -> list[tuple[bytes, Any]]:
     for _ in range(10):
         try:
@@ -204,9 +234,17 @@ ENDPOINTS: dict[str, Endpoint] = {}  # by name: filled by control.serve and metr
 
 
 def stats(
-    st: Stats, ring_drops: int, generation: int, uptime: float, endpoints: Mapping[str, Endpoint] = ENDPOINTS
+    st: Stats,
+    ring_drops: int,
+    generation: int,
+    uptime: float,
+    endpoints: Mapping[str, Endpoint] = ENDPOINTS,
+    access: str = "raw",
+    restored: int = 0,
 ) -> dict[str, Any]:
+    """`restored`: times the kernel's table (access nftables) was found removed and put back."""
     return {
+        "access": access,
         "rx": st.rx,
         "tx": st.tx,
         "forwarded": st.forwarded,
@@ -224,6 +262,7 @@ def stats(
         "arp_changed": st.arp_changed,
         "arp_ignored": st.arp_ignored,
         "drops": {**st.drops, **({"ring_full": ring_drops} if ring_drops else {})},
+        "ruleset_restored": restored,
         "generation": generation,
         "uptime": round(uptime, 1),
         "endpoints": {f"{name}_{k}": n for name, e in endpoints.items() for k, n in e.counts().items()},
