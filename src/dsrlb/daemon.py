@@ -178,6 +178,7 @@ class Daemon:
         self.forwarder.on_vrrp = self.failover.post  # bounded and rate-limited; drained on the loop
         self.forwarder.on_reopen = lambda: loop.call_soon_threadsafe(self._link_back)
         self.forwarder.on_failure = lambda: loop.call_soon_threadsafe(self._packet_loop_died)
+        self.kernel.on_listed = lambda: loop.call_soon_threadsafe(self.schedule_rebuild)
         self.ring.join(GROUP_MAC)
         self.stopping = asyncio.Event()
         self._apply(self.config, plan)

@@ -25,17 +25,20 @@ import json
 import logging
 import shutil
 import subprocess
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from dsrlb.dataplane.forwarder import ForwardingTable
 
 log = logging.getLogger("dsrlb.nftables")
 
+Flow = tuple[str, int, str, int, str, int]  # client, its port, VIP, port, target MAC, seconds to expiry
 KEY = "ip saddr . th sport . ip daddr . th dport"  # a flow: what the Python forwarder keys flows by
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 FLOW_TYPE = "ipv4_addr . inet_service . ipv4_addr . inet_service : ether_addr"
-PURGE_TRIES = 3  # listings of the flow map before giving up on deleting one target's entries
 
 
 class NftError(Exception):
@@ -121,8 +124,10 @@ def transaction(new: Ruleset, old: Ruleset | None, table: str, purge: dict[str, 
     if old and old.flows != new.flows:
         out.append(f"delete map {t} flows")
     out.append(f"add map {t} flows {flows_def}")
-    for keys in purge.values():
-        out += [f"delete element {t} flows {{ {', '.join(chunk)} }}" for chunk in _chunks(keys, 500)]
+    for keys in purge.values():  # added first: an entry that expired meanwhile must not fail it all
+        for chunk in _chunks(keys, 500):
+            out.append(f"add element {t} flows {{ {', '.join(k + ' : 00:00:00:00:00:00' for k in chunk)} }}")
+            out.append(f"delete element {t} flows {{ {', '.join(chunk)} }}")
     out.append(f"add set {t} addresses {{ type ipv4_addr; }}")
     out.append(f"flush set {t} addresses")
     if new.addresses:
@@ -190,6 +195,20 @@ def _service(t: str, s: KernelService, rs: Ruleset) -> list[str]:
     return out + [f"add rule {t} {name} {rule}" for rule in rules]
 
 
+def _stale(entries: list[Flow], new: Ruleset, returning: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Flow-map keys, per service, of the entries that name one of its returning targets."""
+    found: dict[str, list[str]] = {}
+    for s in new.services:
+        macs = returning.get(s.name)
+        if macs:
+            found[s.name] = [
+                f"{src} . {sport} . {dst} . {dport}"
+                for src, sport, dst, dport, mac, _ in entries
+                if mac in macs and (dst, dport) == (s.vip, s.port)
+            ]
+    return found
+
+
 def _chunks(items: list[str], n: int) -> list[list[str]]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
@@ -205,7 +224,11 @@ class KernelTable:
         self.restored = 0  # times the table was found gone (say, `flush ruleset`) and put back
         self.rebuilt = 0  # times a change was refused and the table built anew instead
         self.counters: dict[str, list[int]] = {}  # counter name -> [packets, bytes] since start
-        self._left: dict[str, set[str]] = {}  # service -> MACs that left its live set: purge on return
+        self._left: dict[str, dict[str, float]] = {}  # service -> MAC -> when it left the live set
+        self._lister = ThreadPoolExecutor(1, thread_name_prefix="nft-list")
+        self._listing: Future[list[Flow]] | None = None
+        self._listed_at = 0.0  # when the current listing started
+        self.on_listed: Callable[[], None] = lambda: None  # a listing is done (called on the worker thread)
 
     def supported(self) -> str | None:
         """Why `access nftables` cannot run here (None: it can): nft and netdev `fwd` in the kernel."""
@@ -222,52 +245,65 @@ class KernelTable:
         return proc.stderr.strip().splitlines()[0] if proc.returncode else None
 
     def apply(self, new: Ruleset) -> None:
-        """Install `new` in one transaction. Targets that come back to a service have their stale flow
-        entries deleted in it (listed just before; an entry that expires meanwhile fails the transaction,
-        so the listing is taken again). When nft refuses the change, the table is built anew in one
-        transaction (recorded flows are lost; new ones follow the same hash); NftError if that fails too,
-        and the old table keeps forwarding."""
+        """Install `new` in one transaction; NftError when nft refuses even a table built anew (then the
+        old table keeps forwarding).
+
+        A target that comes back to a service may have stale entries in the flow map (an `update` never
+        changes an entry's target, so flows that moved off it still name it). They are deleted in the
+        transaction that lets it back, from a listing of the map taken after it left; listing a big map
+        takes nft seconds, so it runs on a worker thread, and until it is done the service keeps its
+        previous state (`on_listed` asks for another apply)."""
         old = self.installed
+        now = time.monotonic()
+        before = {s.name: s for s in old.services} if old else {}
         returning: dict[str, set[str]] = {}
         for s in new.services:
-            before = next((o for o in old.services if o.name == s.name), None) if old else None
-            if before is not None:
-                self._left.setdefault(s.name, set()).update(before.live - s.live)
-            back = self._left.get(s.name, set()) & s.live
+            left = self._left.setdefault(s.name, {})
+            if s.name in before:
+                left.update(dict.fromkeys(before[s.name].live - s.live, now))
+            back = {mac for mac in left if mac in s.live}
             if back:
                 returning[s.name] = back
-        error = None
-        for _ in range(PURGE_TRIES if returning else 1):
-            try:
-                self._run(transaction(new, old, self.name, self._stale(returning) if returning else {}))
-                break
-            except NftError as err:
-                error = err
-        else:
-            log.warning("nftables: rebuilding table %s (its flows are forgotten): %s", self.name, error)
+        purge: dict[str, list[str]] = {}
+        if returning:
+            since = max(self._left[name][mac] for name, macs in returning.items() for mac in macs)
+            entries = self._listed_since(since)
+            if entries is None:  # hold these services back until the map is listed
+                services = tuple(before.get(s.name, s) if s.name in returning else s for s in new.services)
+                new = replace(new, services=services)
+                returning = {}
+            else:
+                purge = _stale(entries, new, returning)
+        try:
+            self._run(transaction(new, old, self.name, purge))
+        except NftError as err:
+            log.warning("nftables: building table %s anew (its flows are forgotten): %s", self.name, err)
             fresh = f"add table netdev {self.name}\ndelete table netdev {self.name}\n"
             self._run(fresh + transaction(new, None, self.name, {}))
             self.rebuilt += 1
             self._left.clear()
         self.installed = new
         for name, macs in returning.items():
-            if name in self._left:
-                self._left[name] -= macs
+            for mac in macs:
+                self._left.get(name, {}).pop(mac, None)
         names = {s.name for s in new.services}
-        self._left = {n: m for n, m in self._left.items() if n in names and m}
+        self._left = {name: left for name, left in self._left.items() if name in names and left}
 
-    def _stale(self, returning: dict[str, set[str]]) -> dict[str, list[str]]:
-        """Flow-map keys of each service whose target is one of the returning MACs."""
-        listing = self._json("list", "map", "netdev", self.name, "flows")
-        vips = {s.name: (s.vip, s.port) for s in self.installed.services} if self.installed else {}
-        found: dict[str, list[str]] = {name: [] for name in returning}
-        for item in listing:
-            for key, mac in item.get("map", {}).get("elem", []):
-                src, sport, dst, dport = (key.get("elem", key).get("val", key))["concat"]
-                for name, macs in returning.items():
-                    if mac in macs and vips.get(name) == (dst, dport):
-                        found[name].append(f"{src} . {sport} . {dst} . {dport}")
-        return found
+    def _listed_since(self, since: float) -> list[Flow] | None:
+        """The flow map's entries from a listing started after `since`, taken once; None while there is
+        none yet (one is started)."""
+        done = self._listing is not None and self._listing.done()
+        if done and self._listed_at >= since:
+            listing, self._listing = self._listing, None
+            try:
+                return listing.result()
+            except NftError as err:
+                log.warning("nftables: cannot list the flow map: %s", err)
+        if self._listing is None or done:
+            self._listed_at = time.monotonic()
+            self._listing = self._lister.submit(self.flows)
+            self._listing.add_done_callback(lambda _: self.on_listed())
+        return None
 
     def refresh(self) -> bool:
         """Read (and zero) the kernel's counters into `counters`; put the table back when it is gone.
@@ -291,7 +327,7 @@ class KernelTable:
                 total[1] += c["bytes"]
         return False
 
-    def flows(self) -> list[tuple[str, int, str, int, str, int]]:
+    def flows(self) -> list[Flow]:
         """The flow map's entries: (client, sport, vip, port, target MAC, seconds to expiry)."""
         out = []
         for item in self._json("list", "map", "netdev", self.name, "flows"):
@@ -303,6 +339,7 @@ class KernelTable:
 
     def remove(self) -> None:
         """Delete the table (clean stop): the kernel forwards and drops nothing for us any more."""
+        self._lister.shutdown(wait=False, cancel_futures=True)
         if self.installed is not None:
             try:
                 self._run(f"delete table netdev {self.name}\n")
