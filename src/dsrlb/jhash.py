@@ -10,6 +10,7 @@ plane calls it per new client, so it is written out flat rather than with helper
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 JHASH_INITVAL = 0xDEADBEEF
 _M = 0xFFFFFFFF
@@ -62,3 +63,23 @@ def bucket(key: bytes, seed: int, size: int) -> int:
     """The bucket 0..size-1 of `jhash KEY mod SIZE seed SEED` in nftables: `reciprocal_scale`, i.e. the
     high bits of hash x size, not `hash % size` (the kernel avoids the division)."""
     return (jhash(key, seed) * size) >> 32
+
+
+def bucketer(seed: int, size: int) -> Callable[[bytes], int]:
+    """`bucket(key, seed, size)` for 4-byte keys (IPv4 addresses), twice as fast: with a 4-byte key `b`
+    and `c` start as constants, so what depends on the seed alone is computed here once. The Python
+    forwarder calls it for every new client, and in a SYN flood for every packet."""
+    init = (JHASH_INITVAL + 4 + seed) & _M
+    c1 = -((init << 14 | init >> 18) & _M) & _M  # c = (c ^ b) - rol(b, 14) with b == c
+    r1 = (c1 << 11 | c1 >> 21) & _M
+    from_bytes = int.from_bytes
+
+    def pick(key: bytes) -> int:
+        a = ((((init + from_bytes(key, "little")) & _M) ^ c1) - r1) & _M
+        b = ((init ^ a) - ((a << 25 | a >> 7) & _M)) & _M
+        c = ((c1 ^ b) - ((b << 16 | b >> 16) & _M)) & _M
+        a = ((a ^ c) - ((c << 4 | c >> 28) & _M)) & _M
+        b = ((b ^ a) - ((a << 14 | a >> 18) & _M)) & _M
+        return ((((c ^ b) - ((b << 24 | b >> 8) & _M)) & _M) * size) >> 32
+
+    return pick

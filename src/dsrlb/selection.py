@@ -63,6 +63,7 @@ class Selector:
         self.method = method
         self.size = size
         self.seed = seed
+        self._bucket = jhash.bucketer(seed, size)
         self.active: tuple[Candidate, ...] = tuple(active)
         self._ids = [c.id for c in active]
         self._weights = [c.weight for c in active]
@@ -98,7 +99,7 @@ class Selector:
         if not self._ids:
             return None
         if self._buckets is not None:
-            return self._buckets[jhash.bucket(client, self.seed, self.size)]
+            return self._buckets[self._bucket(client)]
         method = self.method
         if method == "rr":
             return self._round_robin()

@@ -7,11 +7,13 @@ build of include/linux/jhash.h's macros (jhash, __jhash_mix, __jhash_final) with
 
 from __future__ import annotations
 
+import random
 import sys
 from ipaddress import IPv4Address
 
 import pytest
 
+from dsrlb import jhash as J
 from dsrlb.jhash import bucket, jhash
 from dsrlb.vocabulary import DEFAULTS
 
@@ -84,3 +86,13 @@ def test_bucket_is_reciprocal_scale_not_modulo():
     assert bucket(b"\xff\xff\xff\xff", 0xFFFFFFFF, 2) in (0, 1)
     buckets = {bucket(ip(f"198.18.{i >> 8}.{i & 255}"), SEED, 211) for i in range(5000)}
     assert buckets == set(range(211))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 0x6473726C, 0xFFFFFFFF])
+@pytest.mark.parametrize("size", [101, 211, 65537])
+def test_bucketer_is_bucket_for_addresses(seed, size):
+    pick = J.bucketer(seed, size)
+    rng = random.Random(seed ^ size)
+    for _ in range(2000):
+        key = rng.randbytes(4)
+        assert pick(key) == bucket(key, seed, size)
