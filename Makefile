@@ -44,6 +44,7 @@ check: lint test-unit test-collection-unit test-contract
 
 test-integration: $(STAMP)
 	$(PYTEST) tests/daemon/integration
+	DSRLB_FUZZ_FRAMES=1000000 $(PYTEST) tests/daemon/unit/test_forwarder.py -k fuzzed
 
 test-lab: $(STAMP)
 	$(PYTEST) tests/lab
