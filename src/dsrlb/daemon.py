@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -40,6 +41,11 @@ log = logging.getLogger("dsrlb")
 
 ARP_RETRY = 1.0  # seconds between ARP requests for a target whose MAC we do not know
 GARP_BURST = (0.05, 0.1, 0.2, 3.0)  # gratuitous ARP after the first: a burst, then once more later
+# Young collections of at most about 100k objects (under 30 ms), and a full one only after 1000 of them
+# rather than whenever the long-lived objects grew by a quarter: filling and churning 300k flows with the
+# interpreter's defaults held the packet thread for 230 ms in a full collection, 27 ms at most with these
+# (measured on an in-memory ring). Flows and sessions form no cycles, so little is left for full ones.
+GC_THRESHOLDS = (10000, 10, 1000)
 KERNEL_POLL = 0.5  # seconds between reads of the kernel's counters (and checks that our table is there)
 GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that learned a wrong MAC recovers
 
@@ -182,6 +188,8 @@ class Daemon:
         self.ring.join(GROUP_MAC)
         self.stopping = asyncio.Event()
         self._apply(self.config, plan)
+        gc.freeze()  # what start-up built lives as long as the process: no collection scans it again
+        gc.set_threshold(*GC_THRESHOLDS)
         self.forwarder.start()
         self.failover.start()
         servers = await self._start_servers()
