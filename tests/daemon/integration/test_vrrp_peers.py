@@ -6,7 +6,7 @@ and a stranger on the LAN that floods forged adverts while a client keeps using 
   - 1000 lower-priority adverts forged with the peer's address, spread over 2 s, then 1000 at full speed:
     the master stays master and sends no more adverts than one per interval (plus a few), at most one
     gratuitous-ARP burst per interval, and keeps advertising on time;
-  - HTTP through the VIP keeps working throughout.
+  - HTTP through the VIP keeps working throughout, and 10,000 SYN/s offered meanwhile are all forwarded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from dsr_lab import CLIENT_SOURCES, Lab
+from dsr_lab import CLIENT_SOURCES, VIP, Lab
+from test_flood import FLOOD as SYN_LOAD
 
 from dsrlb_tools.netns import Topology
 
@@ -30,6 +31,7 @@ pytestmark = [
 
 PREFIX = "dsrlb-vp"  # not the lab fixture's: both may exist in one session
 ADVERT_MS = 100
+SYN_RATE = 10000  # offered to the VIP by the router while the adverts fly
 PEER, STRANGER = "172.16.1.251", "172.16.1.99"
 VRRP = f"""
 vrrp {{
@@ -120,15 +122,25 @@ def test_master_ignores_strangers_and_survives_forged_floods(vlab: VrrpLab) -> N
     try:
         assert flood.stdout is not None and flood.stdin is not None
         assert flood.stdout.readline().strip() == "ready"
+        before_stats = vlab.show("stats")
+        load = vlab.python_bg(
+            "router", SYN_LOAD, "eth0", vlab.macs["balancer"], vlab.macs["router"], VIP, str(SYN_RATE), "3"
+        )
         flood.stdin.write("go\n")
         flood.stdin.flush()
         answers: dict[str, str] = {}
         while flood.poll() is None:  # HTTP through the VIP while the flood runs
             answers |= {f"{len(answers)}:{k}": v for k, v in vlab.http(CLIENT_SOURCES[:8], timeout=2).items()}
         out, err = flood.communicate(timeout=30)
+        load_out, load_err = load.communicate(timeout=30)
+        forwarded = vlab.show("stats")["forwarded"] - before_stats["forwarded"]
     finally:
         vlab.topo.stop(flood)
     assert flood.returncode == 0, err[-2000:]
+    assert load.returncode == 0, load_err[-2000:]
+    offered = int(load_out)
+    print(f"vrrp flood: forwarded {forwarded} frames while {offered} SYNs were offered (and HTTP)")
+    assert forwarded >= 0.99 * offered, (forwarded, offered)  # the forwarding rate did not suffer
     result = json.loads(out.strip().splitlines()[-1])
     after = vlab.vrrp()
     interval = ADVERT_MS / 1000
