@@ -154,8 +154,6 @@ class Daemon:
             print(f"dsrlb: interface {self.interface.name}: {err.strerror or err}", file=sys.stderr)
             return 1
         self.kernel = KernelTable(self.interface.name)
-        if self.kernel.nft is None:
-            log.warning("nft not found: the kernel of this host will also process VIP traffic")
         if self.interface.access == "nftables":
             why = self.kernel.supported()
             if why is not None:
@@ -165,6 +163,8 @@ class Daemon:
                     file=sys.stderr,
                 )
                 return 1
+        elif self.kernel.nft is None:
+            log.warning("nft not found: the kernel of this host will also process VIP traffic")
         try:
             plan = self._prepare(self.config, self.network)
         except StartupError as err:
@@ -184,7 +184,6 @@ class Daemon:
         self.forwarder.on_vrrp = self.failover.post  # bounded and rate-limited; drained on the loop
         self.forwarder.on_reopen = lambda: loop.call_soon_threadsafe(self._link_back)
         self.forwarder.on_failure = lambda: loop.call_soon_threadsafe(self._packet_loop_died)
-        self.kernel.on_listed = lambda: loop.call_soon_threadsafe(self.schedule_rebuild)
         self.ring.join(GROUP_MAC)
         self.stopping = asyncio.Event()
         self._apply(self.config, plan)
@@ -336,7 +335,7 @@ class Daemon:
             )
             rules = ruleset(built.table, self.interface.name, self.mac, addresses, kernel_forwards)
             if kernel_forwards:
-                self.kernel.check(transaction(rules, None, "dsrlb_check", {}))
+                self.kernel.check(transaction(rules, None, "dsrlb_check"))
         except Exception as err:  # whatever fails here would have failed halfway through _apply
             raise StartupError(f"{config.source}: this daemon cannot run it: {err}") from err
         return Plan(network, addresses, program, kernel_forwards)

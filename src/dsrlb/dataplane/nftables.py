@@ -13,10 +13,11 @@ virtual server's traffic in the kernel, as the Python forwarder would:
 - when the flow map is full the same bucket choice forwards the packet unrecorded (counted), so a
   full map never drops or misroutes a packet.
 
-Every change is one `nft -f -` transaction, so the kernel never forwards by half a table. A target
-that leaves the live set can leave stale entries behind (an `update` refreshes an entry but never
-changes its target), so before it comes back its entries are deleted in the same transaction that
-adds it, and the connections that moved off it stay where they went.
+- a packet whose recorded target is out (down, disabled) deletes the entry and is picked again, so
+  the entry names where the flow goes now (an `update` never changes a target) and the flow stays
+  there when the old target comes back.
+
+Every change is one `nft -f -` transaction, so the kernel never forwards by half a table.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ import json
 import logging
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from dsrlb.dataplane.forwarder import ForwardingTable
@@ -110,9 +108,9 @@ def ruleset(
     )
 
 
-def transaction(new: Ruleset, old: Ruleset | None, table: str, purge: dict[str, list[str]]) -> str:
+def transaction(new: Ruleset, old: Ruleset | None, table: str) -> str:
     """The nft script that turns `old` (None: nothing of ours is there) into `new`, keeping the flow map's
-    entries (unless its capacity changes). `purge` maps a service to flow-map keys to delete first."""
+    entries (unless its capacity changes)."""
     t = f"netdev {table}"
     out = [f"add table {t}"]
     old_services = {s.name: s for s in old.services} if old else {}
@@ -124,10 +122,6 @@ def transaction(new: Ruleset, old: Ruleset | None, table: str, purge: dict[str, 
     if old and old.flows != new.flows:
         out.append(f"delete map {t} flows")
     out.append(f"add map {t} flows {flows_def}")
-    for keys in purge.values():  # added first: an entry that expired meanwhile must not fail it all
-        for chunk in _chunks(keys, 500):
-            out.append(f"add element {t} flows {{ {', '.join(k + ' : 00:00:00:00:00:00' for k in chunk)} }}")
-            out.append(f"delete element {t} flows {{ {', '.join(chunk)} }}")
     out.append(f"add set {t} addresses {{ type ipv4_addr; }}")
     out.append(f"flush set {t} addresses")
     if new.addresses:
@@ -189,24 +183,14 @@ def _service(t: str, s: KernelService, rs: Ruleset) -> list[str]:
         rules = [f"tcp flags & (syn | ack) != syn {follow} {keep} {send}", f"{follow} {young} {send}"]
     else:
         rules = [f"{follow} {keep} {send}"]
+    # A flow whose recorded target is out (disabled, down): its entry goes, so the pick below records where
+    # it goes now (an `update` never changes a target) and it stays there when the old target is back.
+    stale = f"ether daddr set {KEY} map @flows ether daddr != @l_{name}"
+    rules.append(f"{stale} delete @flows {{ {KEY} : ether daddr }}")
     rules.append(f"{pick} {young} {send}")
     rules.append(f'{pick} counter name "overflow" {send}')  # the flow map is full
     rules.append(f'counter name "n_{name}" drop')  # no target takes new flows
     return out + [f"add rule {t} {name} {rule}" for rule in rules]
-
-
-def _stale(entries: list[Flow], new: Ruleset, returning: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Flow-map keys, per service, of the entries that name one of its returning targets."""
-    found: dict[str, list[str]] = {}
-    for s in new.services:
-        macs = returning.get(s.name)
-        if macs:
-            found[s.name] = [
-                f"{src} . {sport} . {dst} . {dport}"
-                for src, sport, dst, dport, mac, _ in entries
-                if mac in macs and (dst, dport) == (s.vip, s.port)
-            ]
-    return found
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:
@@ -224,11 +208,6 @@ class KernelTable:
         self.restored = 0  # times the table was found gone (say, `flush ruleset`) and put back
         self.rebuilt = 0  # times a change was refused and the table built anew instead
         self.counters: dict[str, list[int]] = {}  # counter name -> [packets, bytes] since start
-        self._left: dict[str, dict[str, float]] = {}  # service -> MAC -> when it left the live set
-        self._lister = ThreadPoolExecutor(1, thread_name_prefix="nft-list")
-        self._listing: Future[list[Flow]] | None = None
-        self._listed_at = 0.0  # when the current listing started
-        self.on_listed: Callable[[], None] = lambda: None  # a listing is done (called on the worker thread)
 
     def supported(self) -> str | None:
         """Why `access nftables` cannot run here (None: it can): nft and netdev `fwd` in the kernel."""
@@ -245,65 +224,17 @@ class KernelTable:
         return proc.stderr.strip().splitlines()[0] if proc.returncode else None
 
     def apply(self, new: Ruleset) -> None:
-        """Install `new` in one transaction; NftError when nft refuses even a table built anew (then the
-        old table keeps forwarding).
-
-        A target that comes back to a service may have stale entries in the flow map (an `update` never
-        changes an entry's target, so flows that moved off it still name it). They are deleted in the
-        transaction that lets it back, from a listing of the map taken after it left; listing a big map
-        takes nft seconds, so it runs on a worker thread, and until it is done the service keeps its
-        previous state (`on_listed` asks for another apply)."""
-        old = self.installed
-        now = time.monotonic()
-        before = {s.name: s for s in old.services} if old else {}
-        returning: dict[str, set[str]] = {}
-        for s in new.services:
-            left = self._left.setdefault(s.name, {})
-            if s.name in before:
-                left.update(dict.fromkeys(before[s.name].live - s.live, now))
-            back = {mac for mac in left if mac in s.live}
-            if back:
-                returning[s.name] = back
-        purge: dict[str, list[str]] = {}
-        if returning:
-            since = max(self._left[name][mac] for name, macs in returning.items() for mac in macs)
-            entries = self._listed_since(since)
-            if entries is None:  # hold these services back until the map is listed
-                services = tuple(before.get(s.name, s) if s.name in returning else s for s in new.services)
-                new = replace(new, services=services)
-                returning = {}
-            else:
-                purge = _stale(entries, new, returning)
+        """Install `new` in one transaction. When nft refuses the change, the table is built anew in one
+        transaction (recorded flows are lost; new ones follow the same hash); NftError if that fails too,
+        and the old table keeps forwarding."""
         try:
-            self._run(transaction(new, old, self.name, purge))
+            self._run(transaction(new, self.installed, self.name))
         except NftError as err:
             log.warning("nftables: building table %s anew (its flows are forgotten): %s", self.name, err)
             fresh = f"add table netdev {self.name}\ndelete table netdev {self.name}\n"
-            self._run(fresh + transaction(new, None, self.name, {}))
+            self._run(fresh + transaction(new, None, self.name))
             self.rebuilt += 1
-            self._left.clear()
         self.installed = new
-        for name, macs in returning.items():
-            for mac in macs:
-                self._left.get(name, {}).pop(mac, None)
-        names = {s.name for s in new.services}
-        self._left = {name: left for name, left in self._left.items() if name in names and left}
-
-    def _listed_since(self, since: float) -> list[Flow] | None:
-        """The flow map's entries from a listing started after `since`, taken once; None while there is
-        none yet (one is started)."""
-        done = self._listing is not None and self._listing.done()
-        if done and self._listed_at >= since:
-            listing, self._listing = self._listing, None
-            try:
-                return listing.result()
-            except NftError as err:
-                log.warning("nftables: cannot list the flow map: %s", err)
-        if self._listing is None or done:
-            self._listed_at = time.monotonic()
-            self._listing = self._lister.submit(self.flows)
-            self._listing.add_done_callback(lambda _: self.on_listed())
-        return None
 
     def refresh(self) -> bool:
         """Read (and zero) the kernel's counters into `counters`; put the table back when it is gone.
@@ -315,7 +246,6 @@ class KernelTable:
                 raise
             log.warning("the nftables table %s is gone (flushed?): restoring it", self.name)
             new, self.installed = self.installed, None
-            self._left.clear()  # the flow map went with it: nothing stale is left
             self.apply(new)
             self.restored += 1
             return True
@@ -339,7 +269,6 @@ class KernelTable:
 
     def remove(self) -> None:
         """Delete the table (clean stop): the kernel forwards and drops nothing for us any more."""
-        self._lister.shutdown(wait=False, cancel_futures=True)
         if self.installed is not None:
             try:
                 self._run(f"delete table netdev {self.name}\n")

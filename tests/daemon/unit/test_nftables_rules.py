@@ -36,7 +36,7 @@ def rules(status, fast=True, forwarding=True, config=None):
 def test_raw_mode_only_keeps_the_balancer_kernel_off_the_vip():
     r = rules({1: UP, 2: UP}, fast=False)
     assert r.services == () and r.addresses == ("172.16.1.10", "172.16.1.253")
-    text = transaction(r, None, "dsrlb_eth0", {})
+    text = transaction(r, None, "dsrlb_eth0")
     assert "ip daddr @addresses drop" in text and "fwd" not in text
 
 
@@ -45,7 +45,7 @@ def test_buckets_are_the_selectors_table_as_macs():
     (s,) = r.services
     assert len(s.buckets) >= 200 and set(s.buckets) == {"02:00:00:00:00:0a", "02:00:00:00:00:0b"}
     assert s.live == {"02:00:00:00:00:0a", "02:00:00:00:00:0b"}
-    text = transaction(r, None, "dsrlb_eth0", {})
+    text = transaction(r, None, "dsrlb_eth0")
     assert f"jhash ip saddr mod {len(s.buckets)} seed {s.seed:#x} map @b_{s.name}" in text
 
 
@@ -58,14 +58,14 @@ def test_a_draining_target_keeps_its_flows_but_no_buckets():
 def test_a_vrrp_backup_forwards_nothing_but_still_drops():
     r = rules({1: UP, 2: UP}, forwarding=False)
     assert r.services == ()
-    assert "vmap @services" not in transaction(r, None, "dsrlb_eth0", {})
+    assert "vmap @services" not in transaction(r, None, "dsrlb_eth0")
 
 
 def test_removed_servers_and_targets_are_deleted_after_nothing_refers_to_them():
     old = rules({1: UP, 2: UP})
     new = rules({1: UP, 2: UP}, forwarding=False)
     name = old.services[0].name
-    text = transaction(new, old, "dsrlb_eth0", {})
+    text = transaction(new, old, "dsrlb_eth0")
     assert text.index(f"flush chain netdev dsrlb_eth0 {name}") < text.index(
         f"delete chain netdev dsrlb_eth0 {name}"
     )
@@ -93,7 +93,7 @@ def test_every_change_is_a_transaction_the_kernel_takes(tmp_path):
     old = None
     for i, new in enumerate(states):
         path = tmp_path / f"{i}.nft"
-        path.write_text(transaction(new, old, "dsrlb_eth0", {}))
+        path.write_text(transaction(new, old, "dsrlb_eth0"))
         script.append(f"nft -f {path}")
         old = new
     script.append("nft list table netdev dsrlb_eth0")
