@@ -183,7 +183,7 @@ class Daemon:
         self.forwarder.on_neighbor = lambda ip: loop.call_soon_threadsafe(self.schedule_rebuild)
         self.forwarder.on_vrrp = self.failover.post  # bounded and rate-limited; drained on the loop
         self.forwarder.on_reopen = lambda: loop.call_soon_threadsafe(self._link_back)
-        self.forwarder.on_failure = lambda: loop.call_soon_threadsafe(self._packet_loop_died)
+        self.forwarder.on_failure = lambda: loop.call_soon_threadsafe(self._fail, "the packet loop died")
         self.ring.join(GROUP_MAC)
         self.stopping = asyncio.Event()
         self._apply(self.config, plan)
@@ -225,10 +225,11 @@ class Daemon:
         self.arp_sock.close()
         return self.exit_status
 
-    def _packet_loop_died(self) -> None:
-        """Exit non-zero: systemd restarts the daemon and `dsrlb resign` runs for a dead master."""
-        log.critical("the packet loop died (traceback above): exiting with status 1")
-        systemd.notify("STATUS=packet loop died")
+    def _fail(self, why: str) -> None:
+        """The data path is dead: exit non-zero, so systemd restarts the daemon and `dsrlb resign` runs for
+        a master, rather than advertise a VIP that goes nowhere."""
+        log.critical("%s: exiting with status 1", why)
+        systemd.notify(f"STATUS={why}")
         self.exit_status = 1
         assert self.stopping is not None
         self.stopping.set()
@@ -427,7 +428,10 @@ class Daemon:
             try:
                 self.kernel.apply(rules)
             except NftError as err:
-                log.error("nftables: table %s not updated: %s", self.kernel.name, err)
+                if not self.kernel_forwards:  # raw: only the balancer's own stack sees VIP traffic
+                    log.error("nftables: table %s not updated: %s", self.kernel.name, err)
+                else:
+                    self._fail(f"nftables: cannot write table {self.kernel.name}: {err}")
 
     async def _watch_kernel(self) -> None:
         """Read the kernel's counters, and put our table back within a second when someone removed it
@@ -439,6 +443,9 @@ class Daemon:
             try:
                 self.kernel.refresh()
             except NftError as err:
+                if self.kernel_forwards:
+                    self._fail(f"nftables: cannot read or restore table {self.kernel.name}: {err}")
+                    return
                 log.error("nftables: cannot read or restore table %s: %s", self.kernel.name, err)
                 continue
             if self.kernel_forwards:

@@ -559,3 +559,47 @@ def test_clean_stop_removes_the_table(nlab: NftLab) -> None:
     nlab.daemon.send_signal(signal.SIGTERM)
     assert nlab.daemon.wait(10) == 0, nlab.daemon_log()
     assert "dsrlb_" not in nlab.nft("list", "tables")
+
+
+def test_a_kernel_path_that_cannot_be_restored_ends_the_process(nlab: NftLab) -> None:
+    """After the clean stop: a daemon whose nft starts failing (a wrapper on its PATH) while its table is
+    gone exits 1 (systemd restarts it, a master resigns) instead of advertising a VIP that goes nowhere."""
+    real = shutil.which("nft")
+    assert real is not None
+    bin_dir, broken = nlab.workdir / "failing-bin", nlab.workdir / "nft-broken"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "nft"
+    wrapper.write_text(
+        f'#!/bin/sh\n[ -e {broken} ] && {{ echo "nft: broken" >&2; exit 1; }}\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    nlab.access, nlab.extra = "nftables", ""
+    nlab.conf.write_text(nlab.config_text())
+    daemon = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            nlab.topo.ns("balancer"),
+            DSRLB,
+            "-s",
+            str(nlab.sock),
+            "run",
+            "-c",
+            str(nlab.conf),
+        ],
+        env={"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for("the table", lambda: TABLE in nlab.nft("list", "tables"), timeout=20)
+        broken.touch()
+        nlab.nft("flush", "ruleset")
+        assert daemon.wait(10) == 1, daemon.stderr.read() if daemon.stderr else ""
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        broken.unlink(missing_ok=True)
