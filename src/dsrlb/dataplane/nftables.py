@@ -227,13 +227,19 @@ class KernelTable:
         """Install `new` in one transaction. When nft refuses the change, the table is built anew in one
         transaction (recorded flows are lost; new ones follow the same hash); NftError if that fails too,
         and the old table keeps forwarding."""
-        try:
-            self._run(transaction(new, self.installed, self.name))
-        except NftError as err:
-            log.warning("nftables: building table %s anew (its flows are forgotten): %s", self.name, err)
-            fresh = f"add table netdev {self.name}\ndelete table netdev {self.name}\n"
-            self._run(fresh + transaction(new, None, self.name))
-            self.rebuilt += 1
+        if self.installed is not None:
+            try:
+                self._run(transaction(new, self.installed, self.name))
+                self.installed = new
+                return
+            except NftError as err:
+                log.warning("nftables: building table %s anew (its flows are forgotten): %s", self.name, err)
+                self.rebuilt += 1
+        # the first time, the table may be one a killed daemon left: not ours to patch
+        self._run(
+            f"add table netdev {self.name}\ndelete table netdev {self.name}\n"
+            + transaction(new, None, self.name)
+        )
         self.installed = new
 
     def refresh(self) -> bool:
