@@ -1,5 +1,6 @@
-"""The lab's balancer pair under test: who runs there (dsrlb or keepalived), failover events, the client
-probe, ARP and advert captures. Everything runs inside lab hosts (nsenter into their namespaces).
+"""The lab's balancer pair under test: who runs there (dsrlb, in data plane access raw or nftables, or
+keepalived), failover events, the client probe, ARP and advert captures. Everything runs inside lab
+hosts (nsenter into their namespaces).
 
 keepalived stands in as the baseline the way it is deployed without IPVS (not available in this
 kernel): the master holds the VIP and `virt` on its own eth0 and a small HTTP server on every balancer
@@ -32,6 +33,7 @@ ADVERT_MS = 100
 BALANCERS = {"lb1": ("172.16.1.252", 200), "lb2": ("172.16.1.251", 100)}
 TARGETS = ("web1", "web2")
 DSRLB, KEEPALIVED = "dsrlb", "keepalived"
+ACCESS = ("raw", "nftables")  # dsrlb's data planes: the Python forwarder, the kernel (netdev ingress fwd)
 SETTLE = 0.7  # seconds of probing after a change has completed
 
 # The keepalived baseline's data path: HTTP on the balancer node itself (files persist on the hosts' disks).
@@ -111,6 +113,7 @@ class Fleet:
     kinds: dict[str, str] = field(default_factory=dict)
     vrid: int = 0  # the pair's, as site.yml configured it
     provisioned_by: str = ""
+    access: str = ""  # the dsrlb pair's data plane (the balancer role's dsrlb_access)
     takeovers: list[tuple[str, str]] = field(default_factory=list)  # (event, why lb2 became master)
 
     def __post_init__(self) -> None:
@@ -140,18 +143,21 @@ class Fleet:
     def mac(self, host: str) -> str:
         return self.sh(host, "cat /sys/class/net/eth0/address").strip()
 
-    def vrrp(self, host: str) -> dict | None:
-        """`show vrrp` through the control socket of the host's dsrlb (None if it does not answer)."""
+    def show(self, host: str, what: str) -> dict | None:
+        """`show WHAT` through the control socket of the host's dsrlb (None if it does not answer)."""
         pid = self.lab.pid(host)
         try:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(2)
                 s.connect(f"/proc/{pid}/root{DEFAULT_CONTROL}")
-                s.sendall(b'{"cmd": "show", "what": "vrrp"}\n')
+                s.sendall(json.dumps({"cmd": "show", "what": what}).encode() + b"\n")
                 reply = json.loads(s.makefile().readline())
         except (OSError, ValueError):
             return None
         return reply["data"] if reply.get("ok") else None
+
+    def vrrp(self, host: str) -> dict | None:
+        return self.show(host, "vrrp")
 
     def holds_vip(self, host: str) -> bool:
         addrs = json.loads(self.sh(host, "ip -j -4 addr show dev eth0"))
@@ -196,11 +202,34 @@ class Fleet:
         self.kinds = dict.fromkeys(BALANCERS, DSRLB)
         self.wait_master("lb1")
         self.vrid = self.vrrp("lb1")["vrid"]
+        self.access = self.accesses().pop()
         for host, (_, priority) in BALANCERS.items():  # keepalived on the same VRID as the dsrlb pair
             self.put(host, "/srv/ha-web/index.html", f"{host}\n")
             self.put(host, "/etc/systemd/system/ha-web.service", HA_WEB_UNIT)
             self.put(host, "/etc/keepalived/keepalived.conf", keepalived_config(host, self.vrid, priority))
             self.sh(host, "systemctl daemon-reload")
+
+    def accesses(self) -> set[str]:
+        """The data planes the two dsrlb daemons run (exactly one, or the pair is not what site.yml made)."""
+        found = {h: (self.show(h, "stats") or {}).get("access") for h in BALANCERS}
+        assert len(set(found.values())) == 1 and None not in found.values(), f"data planes: {found}"
+        return set(found.values())
+
+    def set_access(self, access: str) -> None:
+        """Switch the dsrlb pair's data plane as users do: the balancer role with dsrlb_access (a reload)."""
+        if access == self.access:
+            return
+        if set(self.kinds.values()) != {DSRLB}:
+            self.use(DSRLB, DSRLB)  # the role starts dsrlb: keepalived must not run beside it
+        playbook = ["playbooks/balancers.yml", "-e", f"dsrlb_access={access}"]
+        proc = self.run.ansible_cli("ansible-playbook", playbook, {})
+        assert proc.returncode == 0, (
+            f"balancers.yml -e dsrlb_access={access} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}{proc.stderr[-2000:]}"
+        )
+        self.wait_master("lb1")
+        assert self.accesses() == {access}
+        self.access = access
 
     def use(self, lb1: str = DSRLB, lb2: str = DSRLB) -> None:
         """Run dsrlb or keepalived on each balancer; wait until lb1 is master and the VIP serves."""

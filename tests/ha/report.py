@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from hafleet import ADVERT_MS, Window
 
+IMPL = 16  # width of the impl column: "keepalived", "dsrlb raw", "dsrlb nftables"
+
 
 @dataclass
 class Runs:
@@ -36,16 +38,18 @@ class Report:
     def render(self) -> str:
         lines = [
             f"VRRP failover, lab client -> VIP:80, new TCP connection every 20 ms, 0.3 s timeout, "
-            f"advert {ADVERT_MS} ms (dsrlb pair: {self.provisioned_by})",
+            f"advert {ADVERT_MS} ms (dsrlb pair: {self.provisioned_by}; data plane access raw = the Python "
+            "forwarder, access nftables = the kernel, switched with the role's dsrlb_access)",
             "gap = longest interval between two successful replies; failed = requests without a reply; "
             "recovery = the old master back, taking over again (preempt)",
-            f"{'impl':<11}{'event':<8}{'runs':>5}  {'gap ms (median)':>16}  {'failed (median)':>16}  "
+            f"{'impl':<{IMPL}}{'event':<8}{'runs':>5}  {'gap ms (median)':>16}  {'failed (median)':>16}  "
             f"{'recovery gap ms':>16}  {'recovery failed':>16}   per run: gap ms / failed",
         ]
         for (impl, event), r in self.runs.items():
             per_run = " ".join(f"{w.gap * 1000:.0f}/{w.failed}" for w in r.failover)
             lines.append(
-                f"{impl:<11}{event:<8}{len(r.failover):>5}  {r.gap() * 1000:>16.0f}  {r.failed():>16.1f}  "
+                f"{impl:<{IMPL}}{event:<8}{len(r.failover):>5}  {r.gap() * 1000:>16.0f}  "
+                f"{r.failed():>16.1f}  "
                 f"{r.gap('recovery') * 1000:>16.0f}  {r.failed('recovery'):>16.1f}   {per_run}"
             )
         return "\n".join(lines + self.notes)
