@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from dsrlb import __version__
 from dsrlb.vocabulary import DEFAULT_CONTROL, RELOAD, SHOW, SHOW_VIEWS, TARGET, TARGET_ACTIONS
 
 
@@ -23,10 +24,13 @@ def _check(args: argparse.Namespace) -> int:
             continue
         for warning in config.warnings:
             print(warning, file=sys.stderr)
-        if args.canonical:
+        if args.strict and config.warnings:
+            status = 1
+        elif args.canonical:
             print(render(config), end="")
         elif not args.quiet:
-            print(f"{path}: ok")
+            count = len(config.warnings)
+            print(f"{path}: ok" + (f" ({count} warning{'s' * (count > 1)})" if count else ""))
     return status
 
 
@@ -76,6 +80,7 @@ DELEGATED = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsrlb", description="Direct Server Return load balancer")
+    parser.add_argument("--version", action="version", version=f"dsrlb {__version__}")
     parser.add_argument(
         "-s",
         "--socket",
@@ -87,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
     p.add_argument("--canonical", action="store_true", help="print the config in canonical form")
+    p.add_argument("--strict", action="store_true", help="warnings fail the check too (exit status 1)")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("run", help="run the balancer in the foreground")

@@ -7,8 +7,50 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import platform
+import time
 
+from dsrlb import __version__
 from dsrlb.views import ENDPOINTS, Endpoint, Status
+
+# (key of show stats, metric name, help) of the data plane's frame counters.
+FRAME_COUNTERS = (
+    (
+        "rx",
+        "rx_frames_total",
+        "Frames the data plane read from its interface (what the packet filter passed).",
+    ),
+    ("tx", "tx_frames_total", "Frames the data plane sent: forwarded frames, ARP and ICMP echo replies."),
+    (
+        "forwarded",
+        "forwarded_frames_total",
+        "Frames forwarded to a target (by the kernel with access nftables).",
+    ),
+    ("arp_replies", "arp_replies_total", "ARP replies sent for a VIP or the shared virt address."),
+    ("icmp_replies", "icmp_echo_replies_total", "ICMP echo replies sent for a VIP or the virt address."),
+    (
+        "checksums_fixed",
+        "checksum_completed_frames_total",
+        "Forwarded frames whose TCP/UDP checksum the kernel had left unfinished (CHECKSUM_PARTIAL).",
+    ),
+)
+
+
+def _start_time() -> float:
+    """When this process started, seconds since the epoch: from /proc (the kernel's clock ticks since
+    boot), or the import time of this module where /proc cannot tell."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+START_TIME = _start_time()
 
 
 def _labels(**labels: object) -> str:
@@ -27,6 +69,18 @@ def render(daemon: Status) -> str:
     servers = daemon.show_servers()
     targets = daemon.show_targets()
     stats = daemon.show_stats()
+    info = {"version": __version__, "python": platform.python_version(), "access": stats["access"]}
+    metric(
+        "build_info",
+        "gauge",
+        "Always 1; the labels say which dsrlb runs, on which Python and data plane.",
+        [(info, 1)],
+    )
+    lines.append(
+        "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds."
+    )
+    lines.append("# TYPE process_start_time_seconds gauge")
+    lines.append(f"process_start_time_seconds {START_TIME:.2f}")
     metric(
         "server_packets_total",
         "counter",
@@ -75,8 +129,8 @@ def render(daemon: Status) -> str:
         "1 when the target takes new connections.",
         [({"target": t["id"]}, int(t["admin"] == "enabled")) for t in targets],
     )
-    for key in ("rx", "tx", "forwarded", "arp_replies", "icmp_replies", "checksums_fixed"):
-        metric(f"{key}_total", "counter", f"Frames: {key.replace('_', ' ')}.", [({}, stats[key])])
+    for key, name, help_text in FRAME_COUNTERS:
+        metric(name, "counter", help_text, [({}, stats[key])])
     metric(
         "link_down_total",
         "counter",
@@ -90,9 +144,9 @@ def render(daemon: Status) -> str:
         [({}, stats["tx_errors"])],
     )
     metric(
-        "drops_total",
+        "dropped_frames_total",
         "counter",
-        "Frames dropped, by reason.",
+        "Frames the data plane dropped, by reason (ring_full: the kernel found the receive ring full).",
         [({"reason": r}, n) for r, n in sorted(stats["drops"].items())],
     )
     metric(
@@ -102,7 +156,7 @@ def render(daemon: Status) -> str:
         [({"table": "flows"}, stats["flows"]), ({"table": "sessions"}, stats["sessions"])],
     )
     metric(
-        "table_overflows_total",
+        "table_overflow_packets_total",
         "counter",
         "Packets of new flows not recorded because a table was full; they followed the stateless choice.",
         [({"table": "flows"}, stats["flows_overflow"]), ({"table": "sessions"}, stats["sessions_overflow"])],
@@ -140,8 +194,18 @@ def render(daemon: Status) -> str:
             "1 while this balancer is VRRP master.",
             [(vrid, int(vrrp["state"] == "master"))],
         )
-        metric("vrrp_transitions_total", "counter", "VRRP state changes.", [(vrid, vrrp["transitions"])])
-        metric("vrrp_adverts_sent_total", "counter", "VRRP adverts sent.", [(vrid, vrrp["adverts_sent"])])
+        metric(
+            "vrrp_transitions_total",
+            "counter",
+            "VRRP state changes of this balancer (to master, backup or init).",
+            [(vrid, vrrp["transitions"])],
+        )
+        metric(
+            "vrrp_adverts_sent_total",
+            "counter",
+            "VRRP adverts this balancer sent as master (and its priority-0 resign adverts).",
+            [(vrid, vrrp["adverts_sent"])],
+        )
         metric(
             "vrrp_adverts_received_total",
             "counter",
@@ -149,9 +213,9 @@ def render(daemon: Status) -> str:
             [(vrid, vrrp["adverts_received"])],
         )
         metric(
-            "vrrp_drops_total",
+            "vrrp_dropped_frames_total",
             "counter",
-            "VRRP frames dropped, by reason.",
+            "VRRP frames dropped, by reason (not_a_peer, other_vrid, a malformed advert, ...).",
             [({**vrid, "reason": r}, n) for r, n in sorted(vrrp["drops"].items())],
         )
     return "\n".join(lines) + "\n"
@@ -167,11 +231,11 @@ def endpoint_metrics(endpoints: dict[str, Endpoint] = ENDPOINTS) -> str:
     """The local endpoints' connections (control socket, metrics; views.Endpoint)."""
     lines = []
     for key, help_text in (
-        ("open", "Connections open."),
+        ("open", "Connections open on a local endpoint (the control socket, the metrics)."),
         ("rejected", "Connections closed at once at the cap, every one open being answered."),
         ("evicted", "Connections closed at the cap before they sent a request, to make room."),
         ("expired", "Connections closed at the request deadline."),
-        ("oversize", "Requests larger than the endpoint takes."),
+        ("oversize", "Requests closed because their head was larger than the endpoint takes."),
     ):
         name, kind = (
             ("dsrlb_endpoint_open", "gauge") if key == "open" else (f"dsrlb_endpoint_{key}_total", "counter")

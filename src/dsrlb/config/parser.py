@@ -51,10 +51,23 @@ _ACTIONS = {
 _ACTION_KINDS = {
     word: kind for kind in ("interface", "network", "server", "target") for word in (kind, kind + "s")
 }
+_IPV6 = ("IPv6", "dsrlb balances IPv4")
+_SYNC = ("session synchronization", "balancers agree by the shared Maglev table instead")
+_NAT = ("NAT", "dsrlb forwards in DSR mode only")
+# BalanceNG keys and statements that dsrlb does not implement -> (feature, what dsrlb does instead).
+UNSUPPORTED = {
+    **dict.fromkeys(("addr6", "mask6", "real6", "virt6"), _IPV6),
+    **dict.fromkeys(("syncpeer", "sessionautoresync", "sessionsyncack"), _SYNC),
+    "nat": _NAT,
+    "tnat": ("transparent NAT", _NAT[1]),
+    "ipforwarding": ("IP forwarding", "a DSR balancer's kernel must not route the VIPs' traffic"),
+}
+_ROOT_CAUSES = ("unbalanced '{'",)  # errors that explain others: shown first
 
 
 class ConfigError(Exception):
-    """All problems of one config file, each "FILE:LINE:COL: message", sorted by position."""
+    """All problems of one config file, each "FILE:LINE:COL: message", sorted by position (an unclosed
+    block first: what follows may be only its consequence)."""
 
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
@@ -542,6 +555,8 @@ class _Parser:
         else:
             if self._peek().kind == LBRACE:
                 self._skip_block()
+            if head.text in UNSUPPORTED:
+                raise _Fail(head, _unsupported(head.text))
             raise _Fail(head, f"unknown statement {_show(head.text)}{_suggest(head.text, _STATEMENTS)}")
 
     def _modules(self, words: list[Token]) -> None:
@@ -646,15 +661,21 @@ class _Parser:
         """A top-level statement inside a block means its `}` was forgotten."""
         if word.kind != WORD or word.text in keys:
             return False
-        return word.text in ("modules", "set", *_ACTIONS) or (
-            word.text in _BLOCKS and self._peek().kind == LBRACE
-        )
+        if word.text in ("modules", "set", *_ACTIONS):
+            return True
+        pos = self.pos
+        while self.tokens[pos].kind == NEWLINE:  # `target 2` with its `{` on the next line
+            pos += 1
+        return word.text in _BLOCKS and self.tokens[pos].kind == LBRACE
 
     def _key(self, block: _Block, words: list[Token]) -> None:
         key, args = words[0], [_item(t) for t in words[1:]]
         keys = _KINDS[block.kind].keys
         if key.kind == STRING:
             self._error(key, "a key cannot be a quoted string")
+            return
+        if key.text not in keys and key.text in UNSUPPORTED:
+            self._error(key, _unsupported(key.text))
             return
         if key.text not in keys:
             self._error(key, f"unknown key {_show(key.text)} in {block.kind}{_suggest(key.text, keys)}")
@@ -693,6 +714,7 @@ class _Parser:
         self._check_servers()
         self._check_access()
         self._check_capacity()
+        self._check_serving()
 
     def _check_peers(self, vrrp: _Block, network: _Block | None) -> None:
         """Peers are other balancers: not this one's real address nor the shared virt. Without peers any
@@ -805,16 +827,14 @@ class _Parser:
     def _check_capacity(self) -> None:
         """What parses but the daemon cannot run: more addresses than its packet filter holds."""
 
-        def serving(kind: str, ident: int) -> bool:
-            flags = self.flags.get((kind, ident), {})
-            return flags.get("registered", False) and flags.get("enabled", False)
-
-        seen = {b.values.get("virt") for i, b in self.blocks["network"].items() if serving("network", i)}
+        seen = {
+            b.values.get("virt") for i, b in self.blocks["network"].items() if self._serving("network", i)
+        }
         seen.discard(None)
         first: tuple[int, _Item] | None = None  # the server whose VIP is one too many
         for sid, s in self.blocks["server"].items():
             vip = s.values.get("ipaddr")
-            if serving("server", sid) and vip is not None and vip not in seen:
+            if self._serving("server", sid) and vip is not None and vip not in seen:
                 seen.add(vip)
                 if len(seen) == MAX_ADDRESSES + 1:
                     first = sid, s.items["ipaddr"]
@@ -824,6 +844,78 @@ class _Parser:
                 f"server {first[0]}: {len(seen)} addresses to answer for (VIPs and virt), "
                 f"the packet filter holds at most {MAX_ADDRESSES}",
             )
+
+    def _serving(self, kind: str, ident: int | None) -> bool:
+        flags = self.flags.get((kind, ident or 0), {})
+        return flags.get("registered", False) and flags.get("enabled", False)
+
+    def _warn(self, at: _Item | Token, message: str) -> None:
+        self.warnings.append((at.line, at.col, f"warning: {message}"))
+
+    def _check_serving(self) -> None:
+        """Warnings for what loads but serves nothing: objects left unregistered or disabled, no server,
+        VIPs the balancer cannot answer ARP for or that are some host's own address."""
+        start = self.modules[0] if self.modules else self.tokens[0]
+        for kind in ("interface", "network", "server", "target"):
+            for i, b in sorted(self.blocks[kind].items()):
+                flags = self.flags.get((kind, i or 0), {})
+                verbs = [verb for verb in ("register", "enable") if not flags.get(_ACTIONS[verb][0])]
+                if verbs:
+                    add = " and ".join(f"'{verb} {b.title}'" for verb in verbs)
+                    state = (
+                        "neither registered nor enabled"
+                        if len(verbs) == 2
+                        else f"not {_ACTIONS[verbs[0]][0]}"
+                    )
+                    self._warn(b.head, f"{b.title} is {state}: it is not used (add {add})")
+        if not any(self._serving("interface", i) for i in self.blocks["interface"]):
+            self._warn(start, "no interface is registered and enabled: the daemon needs one to start")
+        servers = self.blocks["server"]
+        if not any(self._serving("server", i) for i in servers):
+            what = "no server is registered and enabled" if servers else "no server is defined"
+            self._warn(start, f"this config serves nothing: {what}")
+        networks = [
+            (i, IPv4Network((b.values["addr"], b.values["mask"]), strict=False), b)
+            for i, b in sorted(self.blocks["network"].items())
+            if "addr" in b.values and "mask" in b.values
+        ]
+        owners = {
+            b.values["ipaddr"]: f"the address of target {i}"
+            for i, b in self.blocks["target"].items()
+            if "ipaddr" in b.values
+        }
+        owners.update(
+            {
+                b.values["real"]: f"the balancer's own address (real of network {i})"
+                for i, _, b in networks
+                if "real" in b.values
+            }
+        )
+        for sid, s in sorted(servers.items()):
+            if not self._serving("server", sid):
+                continue
+            listed = [t for _, ids in s.values.get("targets", ()) for t in ids]
+            if listed and not any(self._serving("target", t) for t in listed):
+                self._warn(
+                    s.head,
+                    f"server {sid} serves nothing: none of its targets "
+                    f"{_ranges(listed)} is registered and enabled",
+                )
+            vip = s.values.get("ipaddr")
+            if vip is None:
+                continue
+            at = s.items["ipaddr"]
+            if networks and not any(vip in net for _, net, _ in networks):
+                nets = ", ".join(str(net) for _, net, _ in networks)
+                self._warn(
+                    at,
+                    f"server {sid} VIP {vip} is outside every network ({nets}): "
+                    "no client on the segment reaches it through this balancer",
+                )
+            if vip in owners:
+                self._warn(
+                    at, f"server {sid} VIP {vip} is {owners[vip]}: a VIP must be an address of its own"
+                )
 
     def _check_same(self, target: _Block, server: _Block) -> None:
         """Only Ethernet addresses change in DSR, so a target cannot listen elsewhere than its VIP."""
@@ -871,6 +963,17 @@ def _item(tok: Token) -> _Item:
     return _Item(tok.text, tok.line, tok.vcol)
 
 
+def _unsupported(key: str) -> str:
+    feature, instead = UNSUPPORTED[key]
+    return f"not supported by dsrlb: {feature} ('{key}'; {instead})"
+
+
+def _order(error: tuple[int, int, str]) -> tuple[bool, int, int, str]:
+    """By position, root causes (an unclosed block) first: later errors may only follow from them."""
+    line, col, message = error
+    return (not message.startswith(_ROOT_CAUSES), line, col, message)
+
+
 def _after(a: Token, b: Token) -> bool:
     return (a.line, a.col) > (b.line, b.col)
 
@@ -884,7 +987,9 @@ def parse_text(text: str, source: str = "<string>") -> model.Config:
     parser.parse()
     parser.resolve()
     if parser.errors:
-        raise ConfigError([f"{source}:{line}:{col}: {msg}" for line, col, msg in sorted(set(parser.errors))])
+        raise ConfigError(
+            [f"{source}:{line}:{col}: {msg}" for line, col, msg in sorted(set(parser.errors), key=_order)]
+        )
     return parser.build(source)
 
 

@@ -166,7 +166,7 @@ def test_metrics_count_what_was_forwarded(lab: Lab) -> None:
     assert len(per_target) == 2
     assert sum(after[k] - before.get(k, 0) for k in per_target) >= 3 * len(SOURCES)
     assert after['dsrlb_target_up{target="1",ipaddr="172.16.1.100"}'] == 1
-    assert after["dsrlb_forwarded_total"] > before["dsrlb_forwarded_total"]
+    assert after["dsrlb_forwarded_frames_total"] > before["dsrlb_forwarded_frames_total"]
 
 
 def test_dead_target_is_avoided_and_returns(lab: Lab) -> None:

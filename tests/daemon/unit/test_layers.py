@@ -20,7 +20,7 @@ ALLOWED = {
     "tables": {"config", "dataplane", "maglev", "selection", "vocabulary"},
     "views": {"config", "dataplane"},
     "control": {"views", "vocabulary"},
-    "metrics": {"views"},
+    "metrics": {"views", "__version__"},  # the package's version string, for dsrlb_build_info
 }
 
 

@@ -120,7 +120,14 @@ def test_full_config_every_feature():
         2,
     )
     assert vrrp.peers == (IPv4Address("172.16.1.250"), IPv4Address("172.16.1.251"))
-    assert config.warnings == (f"{CONFIGS / 'full.conf'}:88:1: warning: gateway has no effect in DSR mode",)
+    path = CONFIGS / "full.conf"
+    assert config.warnings == (
+        f"{path}:24:1: warning: network 2 is not enabled: it is not used (add 'enable network 2')",
+        f"{path}:39:1: warning: server 2 is not enabled: it is not used (add 'enable server 2')",
+        f"{path}:67:1: warning: target 4 is not enabled: it is not used (add 'enable target 4')",
+        f"{path}:75:1: warning: target 6 is not registered: it is not used (add 'register target 6')",
+        f"{path}:88:1: warning: gateway has no effect in DSR mode",
+    )
 
 
 def test_layout_variants():
@@ -654,6 +661,131 @@ def test_dsrlb_check_prints_the_peers_warning(tmp_path):
 def test_gateway_is_a_warning():
     config = parse_text(SEED + "gateway {\n ipaddr 172.16.1.254\n ping 3,10\n}\n", "x.conf")
     assert config.warnings == ("x.conf:45:1: warning: gateway has no effect in DSR mode",)
+
+
+SERVES_NOTHING = {
+    "only modules": (
+        "modules arp,slb\n",
+        [
+            "x.conf:1:1: warning: no interface is registered and enabled: the daemon needs one to start",
+            "x.conf:1:1: warning: this config serves nothing: no server is defined",
+        ],
+    ),
+    "server never enabled": (
+        seed(("enable    server 1\n", "")),
+        [
+            "x.conf:3:1: warning: this config serves nothing: no server is registered and enabled",
+            "x.conf:20:1: warning: server 1 is not enabled: it is not used (add 'enable server 1')",
+        ],
+    ),
+    "server never registered": (
+        seed(("register  server 1\nenable    server 1\n", "")),
+        [
+            "x.conf:3:1: warning: this config serves nothing: no server is registered and enabled",
+            "x.conf:20:1: warning: server 1 is neither registered nor enabled: it is not used "
+            "(add 'register server 1' and 'enable server 1')",
+        ],
+    ),
+    "targets never enabled": (
+        seed(("enable    targets 1,2\n", "")),
+        [
+            "x.conf:20:1: warning: server 1 serves nothing: "
+            "none of its targets 1,2 is registered and enabled",
+            "x.conf:28:1: warning: target 1 is not enabled: it is not used (add 'enable target 1')",
+            "x.conf:35:1: warning: target 2 is not enabled: it is not used (add 'enable target 2')",
+        ],
+    ),
+    "vip outside every network": (
+        seed(("ipaddr 172.16.1.10\n", "ipaddr 10.9.9.9\n")),
+        [
+            "x.conf:21:18: warning: server 1 VIP 10.9.9.9 is outside every network (172.16.1.0/24): "
+            "no client on the segment reaches it through this balancer"
+        ],
+    ),
+    "vip is a target": (
+        seed(("ipaddr 172.16.1.10\n", "ipaddr 172.16.1.101\n")),
+        [
+            "x.conf:21:18: warning: server 1 VIP 172.16.1.101 is the address of target 2: "
+            "a VIP must be an address of its own"
+        ],
+    ),
+    "vip is the balancer": (
+        seed(("ipaddr 172.16.1.10\n", "ipaddr 172.16.1.252\n")),
+        [
+            "x.conf:21:18: warning: server 1 VIP 172.16.1.252 is the balancer's own address "
+            "(real of network 1): a VIP must be an address of its own"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SERVES_NOTHING)
+def test_configs_that_serve_nothing_are_warnings(name):
+    text, expected = SERVES_NOTHING[name]
+    assert list(parse_text(text, "x.conf").warnings) == expected
+
+
+def test_dsrlb_check_warns_exits_0_and_fails_with_strict(tmp_path):
+    path = tmp_path / "modules.conf"
+    path.write_text("modules arp,slb\n")
+    done = run_check(path)
+    assert done.returncode == 0 and done.stdout == f"{path}: ok (2 warnings)\n"
+    assert done.stderr.count("warning:") == 2 and "serves nothing" in done.stderr
+    done = subprocess.run([str(DSRLB), "check", "--strict", str(path)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == "" and "serves nothing" in done.stderr
+    done = subprocess.run([str(DSRLB), "check", "--strict", str(SEED_PATH)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == ""
+
+
+HEADS = {"network": "network   1 {\n", "server": "server    1 {\n"}
+UNSUPPORTED = {
+    # "KIND: KEY VALUE" goes into the seed's block of that kind, any other snippet at the end of the seed;
+    # the value: line in the snippet, column, start of the message
+    "network: mask6 64": "1:2: not supported by dsrlb: IPv6 ('mask6'; dsrlb balances IPv4)",
+    "network: real6 ::1": "1:2: not supported by dsrlb: IPv6 ('real6'",
+    "network: virt6 ::2": "1:2: not supported by dsrlb: IPv6 ('virt6'",
+    "set syncpeer 172.16.1.251\n": "1:5: not supported by dsrlb: session synchronization ('syncpeer'; "
+    "balancers agree by the shared Maglev table instead)",
+    "set sessionautoresync 1\n": "1:5: not supported by dsrlb: session synchronization ('sessionautoresync'",
+    "set {\n sessionsyncack 1\n}\n": "2:2: not supported by dsrlb: session synchronization ('sessionsyncack'",
+    "nat 1 {\n addr 10.0.0.1\n}\n": "1:1: not supported by dsrlb: NAT ('nat'; dsrlb forwards in DSR mode",
+    "server: tnat 1": "1:2: not supported by dsrlb: transparent NAT ('tnat'",
+    "set ipforwarding 1\n": "1:5: not supported by dsrlb: IP forwarding ('ipforwarding'",
+}
+
+
+@pytest.mark.parametrize("snippet", UNSUPPORTED)
+def test_balanceng_features_dsrlb_lacks_are_named(snippet):
+    """Said as such, not as an unknown key with a misleading "did you mean" (mask6 -> mask)."""
+    line, col, message = UNSUPPORTED[snippet].split(":", 2)
+    kind, colon, key = snippet.partition(": ")
+    if colon:
+        text = seed((HEADS[kind], f"{HEADS[kind]} {key}\n"))
+        line = str(SEED[: SEED.index(HEADS[kind])].count("\n") + 1 + int(line))
+    else:
+        text, line = SEED + snippet, str(SEED.count("\n") + int(line))
+    found = errors(text)
+    assert len(found) == 1 and found[0].startswith(f"<string>:{line}:{col}:{message}"), found
+    assert "did you mean" not in found[0] and "unknown" not in found[0]
+
+
+def test_seed_modules_tnat_and_nat_stay_accepted():
+    assert {"tnat", "nat"} <= parse_text(SEED).modules
+
+
+def test_unclosed_block_is_reported_before_what_follows_from_it():
+    text = seed(("          dsr enable\n}\ntarget    2 {", "          dsr enable\ntarget    2\n{"))
+    assert (
+        errors(text)[0] == "<string>:28:13: unbalanced '{': target 1 is not closed before 'target' on line 34"
+    )
+    text = seed(("          targets 1,2\n}\n", "          targets 1,2,3\n"))
+    found = errors(text)
+    assert found[0].startswith("<string>:20:13: unbalanced '{': server 1 is not closed"), found
+
+
+def test_version():
+    done = subprocess.run([str(DSRLB), "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and re.fullmatch(r"dsrlb \d+\.\d+\.\d+\S*\n", done.stdout)
 
 
 def test_unreadable_and_binary_files(tmp_path):

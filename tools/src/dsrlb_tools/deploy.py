@@ -6,12 +6,16 @@ exit status as its own. ansible-runner is imported only here: balancers install 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -65,9 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--extra-vars",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="extra variable (repeatable)",
+        metavar="KEY=VALUE|@FILE|JSON",
+        help="extra variables, as ansible-playbook takes them (repeatable; later ones win)",
     )
+    parser.add_argument("-t", "--tags", action="append", default=[], help="only tasks with these tags")
+    parser.add_argument("--skip-tags", action="append", default=[], help="not the tasks with these tags")
+    ssh = parser.add_argument_group("connection and privileges (as ansible-playbook)")
+    ssh.add_argument("-u", "--user", help="remote user (default: the inventory's or your own)")
+    ssh.add_argument("--private-key", metavar="FILE", help="SSH private key file")
+    ssh.add_argument("-f", "--forks", type=_forks, help="hosts handled in parallel (default: ansible.cfg's)")
+    ssh.add_argument("-b", "--become", action="store_true", help="run tasks with privileges (sudo)")
+    ssh.add_argument(
+        "-K", "--ask-become-pass", action="store_true", help="ask for the privilege (sudo) password"
+    )
+    ssh.add_argument(
+        "--vault-password-file", action="append", default=[], metavar="FILE", help="vault password file"
+    )
+    ssh.add_argument("-J", "--ask-vault-pass", action="store_true", help="ask for the vault password")
     parser.add_argument(
         "--project-dir",
         help="repository with site.yml (default: the current directory if it has one, else dsrlb's checkout)",
@@ -76,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--artifacts", help="directory for the run's artifacts (default: PROJECT/.dsrlb/deploy/TIME-PLAYBOOK)"
     )
     return parser
+
+
+def _forks(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 1..1000")
+    return int(text)
 
 
 def find_project(explicit: str | None) -> Path:
@@ -101,15 +125,71 @@ def resolve_inventory(inventory: str) -> str:
     raise DeployError(f"inventory {inventory}: no such file or directory")
 
 
-def parse_extra_vars(items: list[str]) -> dict[str, str]:
-    """KEY=VALUE pairs; values are strings, as with ansible-playbook -e KEY=VALUE."""
-    extravars = {}
+def _existing(path: str, label: str) -> str:
+    """A file named on the command line, absolute: ansible-playbook runs in the project directory."""
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise DeployError(f"{label}: no such file")
+    return str(resolved)
+
+
+def extra_var_args(items: list[str]) -> list[str]:
+    """`-e` options for ansible-playbook's command line, in the user's order, so that later ones win as
+    with ansible-playbook: @FILE made absolute (and checked), {...} as it is, KEY=VALUE as a JSON mapping
+    (the value stays one string, spaces and quotes included)."""
+    args = []
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise DeployError(f"-e {item}: expected KEY=VALUE with KEY a variable name")
-        extravars[key] = value
-    return extravars
+        if item.startswith("@"):
+            args += ["-e", "@" + _existing(item[1:], f"-e {item}")]
+        elif item.startswith("{"):
+            args += ["-e", item]
+        else:
+            key, sep, value = item.partition("=")
+            if not sep or not key.isidentifier():
+                raise DeployError(
+                    f"-e {item}: expected KEY=VALUE with KEY a variable name, @FILE or a {{...}} mapping"
+                )
+            args += ["-e", json.dumps({key: value})]
+    return args
+
+
+def ansible_args(args: argparse.Namespace) -> list[str]:
+    """The ansible-playbook options dsrlb deploy passes through, as a list of arguments."""
+    out = [flag for flag, on in (("--check", args.check), ("--diff", args.diff)) if on]
+    out += extra_var_args(args.extra_vars)
+    for option, values in (("--tags", args.tags), ("--skip-tags", args.skip_tags)):
+        out += [option, ",".join(values)] if values else []
+    if args.user:
+        out += ["--user", args.user]
+    if args.private_key:
+        out += ["--private-key", _existing(args.private_key, f"--private-key {args.private_key}")]
+    if args.forks:
+        out += ["--forks", str(args.forks)]
+    out += [
+        flag for flag, on in (("--become", args.become), ("--ask-become-pass", args.ask_become_pass)) if on
+    ]
+    for path in args.vault_password_file:
+        out += ["--vault-password-file", _existing(path, f"--vault-password-file {path}")]
+    if args.ask_vault_pass:
+        out.append("--ask-vault-pass")
+    return out
+
+
+# ansible-playbook's prompts for -K and --ask-vault-pass, as ansible-runner's expect patterns.
+BECOME_PROMPT = r"^BECOME password.*:\s*?$"
+VAULT_PROMPT = r"^Vault password.*:\s*?$"
+
+
+def ask_passwords(args: argparse.Namespace, ask: Callable[[str], str] | None = None) -> dict[str, str]:
+    """-K and --ask-vault-pass: asked here, on this terminal, and answered to ansible-playbook's prompts
+    by ansible-runner (which runs it without one); kept in memory only, never in the artifacts."""
+    ask = ask or getpass.getpass
+    passwords = {}
+    if args.ask_become_pass:
+        passwords[BECOME_PROMPT] = ask("BECOME password: ")
+    if args.ask_vault_pass:
+        passwords[VAULT_PROMPT] = ask("Vault password: ")
+    return passwords
 
 
 def artifacts_dir(explicit: str | None, project: Path, playbook: str) -> Path:
@@ -271,11 +351,11 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if not (project / playbook).is_file():
         raise DeployError(f"{project / playbook}: no such playbook")
     inventory = resolve_inventory(args.inventory)
-    extravars = parse_extra_vars(args.extra_vars)
+    cmdline = ansible_args(args)
     artifacts = artifacts_dir(args.artifacts, project, args.playbook)
+    passwords = ask_passwords(args)
     progress = Progress(out, live=out.isatty(), show_diff=args.diff)
     cancel = threading.Event()
-    flags = " ".join(flag for flag, on in (("--check", args.check), ("--diff", args.diff)) if on)
     limit = f" --limit {args.limit}" if args.limit else ""
     print(
         f"dsrlb deploy: {playbook} on {args.inventory}{limit}; artifacts in {artifacts}", file=out, flush=True
@@ -289,8 +369,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             playbook=playbook,
             inventory=inventory,
             limit=args.limit,
-            extravars=extravars or None,
-            cmdline=flags or None,
+            cmdline=shlex.join(cmdline) or None,
+            passwords=passwords or None,
             # The Ansible CLIs next to this Python, whatever PATH says; no colours in the captured text.
             envvars={
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
