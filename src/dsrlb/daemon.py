@@ -438,18 +438,25 @@ class Daemon:
         (`nft flush ruleset`, or `systemctl reload nftables` with Debian's /etc/nftables.conf)."""
         while self.kernel.nft is not None:
             await asyncio.sleep(KERNEL_POLL)
-            if self.kernel.installed is None:
-                continue
-            try:
-                self.kernel.refresh()
-            except NftError as err:
-                if self.kernel_forwards:
-                    self._fail(f"nftables: cannot read or restore table {self.kernel.name}: {err}")
-                    return
-                log.error("nftables: cannot read or restore table %s: %s", self.kernel.name, err)
-                continue
+            if not self._read_kernel():
+                return
+
+    def _read_kernel(self) -> bool:
+        """Take the kernel's counters now (also for `show`: they must count what was just sent); False
+        when the table can neither be read nor restored and the daemon is ending."""
+        if self.kernel.installed is None:
+            return True
+        try:
+            self.kernel.refresh()
+        except NftError as err:
             if self.kernel_forwards:
-                self._kernel_counters()
+                self._fail(f"nftables: cannot read or restore table {self.kernel.name}: {err}")
+                return False
+            log.error("nftables: cannot read or restore table %s: %s", self.kernel.name, err)
+            return True
+        if self.kernel_forwards:
+            self._kernel_counters()
+        return True
 
     def _kernel_counters(self) -> None:
         """Access nftables: per target counters and activity from the kernel's, as the Python forwarder
@@ -580,10 +587,14 @@ class Daemon:
     # --- views.Status -------------------------------------------------------------------------
     def show_targets(self) -> list[dict[str, Any]]:
         assert self.config is not None
+        if self.kernel_forwards:
+            self._read_kernel()
         return views.targets(self.config, self.runtime, self.states.values(), self._activity(), self._macs())
 
     def show_servers(self) -> list[dict[str, Any]]:
         assert self.config is not None
+        if self.kernel_forwards:
+            self._read_kernel()
         return views.servers(self.config, self.states)
 
     def show_sessions(self, limit: int = views.SESSIONS_LIMIT, client: str | None = None) -> dict[str, Any]:
@@ -598,6 +609,7 @@ class Daemon:
         self.ring_drops += self.forwarder.kernel_drops()  # read-and-reset in the kernel, so accumulate here
         stats = self.forwarder.stats
         if self.kernel_forwards:
+            self._read_kernel()
             counters = self.kernel.counters
             drops = stats.drops.copy()
             drops["no_target"] += sum(v[0] for n, v in counters.items() if n.startswith("n_"))
