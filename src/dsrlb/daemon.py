@@ -358,11 +358,14 @@ class Daemon:
             if rt.probe != probe:
                 if rt.task:
                     rt.task.cancel()
+                previous = rt.monitor
                 rt.probe, rt.monitor, rt.task = probe, None, None
                 if target.checks:
                     rt.monitor = HealthMonitor(
                         tid, target.ipaddr, target.checks, self.network.real, self._health_changed
                     )
+                    if previous is not None:
+                        rt.monitor.inherit(previous)
                     rt.task = asyncio.get_running_loop().create_task(rt.monitor.run())
         for sid in list(self.states):
             if sid not in config.servers:

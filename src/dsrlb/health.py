@@ -189,8 +189,22 @@ class HealthMonitor:
         self.up: bool = not self._states
         self.detail: str = "no checks" if not self._states else "not probed yet"
 
+    def inherit(self, previous: HealthMonitor) -> None:
+        """Take over from the monitor a reload replaced (the checks changed): a target that was up stays
+        up, rather than down until the new checks answer (a gap for its clients), and goes down when a
+        new check has no success for its timeout."""
+        if previous.up and previous.address == self.address and self._states:
+            now = self._clock()
+            for state in self._states:
+                state.up, state.last_success = True, now
+            self.up, self.detail = True, f"{previous.detail} (checks changed)"
+
     async def run(self) -> None:
         """Probe until cancelled; cancelling waits for the probes to close their sockets."""
+        loop = asyncio.get_running_loop()
+        for state in self._states:  # inherited as up: down unless the new check succeeds in time
+            if state.up and state.expiry is None:
+                state.expiry = loop.call_later(state.check.timeout, self._expire, state)
         try:
             async with asyncio.TaskGroup() as group:
                 for state in self._states:

@@ -326,3 +326,39 @@ def test_ping_failures_are_reported():
         "no answer": [False, "ping: timeout after 0.3 s"],
         "answer": True,
     }
+
+
+def test_a_monitor_that_replaces_an_up_one_keeps_the_target_up():
+    """A reload that changes a target's checks: no down-until-checked gap, and a new check that fails
+    still takes it down after its timeout."""
+
+    async def scenario() -> None:
+        server = await Http().start()
+        old = Watch([tcpopen(server.port)])
+        _, up, _ = await old.next(INTERVAL + SLACK)
+        assert up
+        await old.stop()
+        calls: list[bool] = []
+        new = HealthMonitor(7, LOCAL, [http(server.port)], None, lambda _t, up, _d: calls.append(up))
+        new.inherit(old.monitor)
+        assert new.up
+        task = asyncio.create_task(new.run())
+        await asyncio.sleep(TIMEOUT + INTERVAL)
+        assert new.up and calls == []  # the new check answered in time: never down
+        await server.stop()
+        await asyncio.sleep(TIMEOUT + INTERVAL + SLACK)
+        assert not new.up and calls == [False]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        down = HealthMonitor(8, LOCAL, [tcpopen(free_port())], None, lambda *_: None)
+        down.inherit(old.monitor)  # up before, but nothing listens now
+        task = asyncio.create_task(down.run())
+        await asyncio.sleep(TIMEOUT + SLACK)
+        assert not down.up
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
