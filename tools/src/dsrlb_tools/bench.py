@@ -1,19 +1,30 @@
-"""`dsrlb bench`: dsrlb against the kernel's own IP forwarding, same topology, same load, one run.
+"""`dsrlb bench`: kernel IP forwarding, dsrlb `access raw` and `access nftables`, side by side.
+
+One run, same topology, same offered load, each path in two placements of the balancer's work.
 
 Topology (namespaces under the prefix `dsrlb-bench`, one bridge): client 172.16.1.50, balancer
-172.16.1.252, targets .100/.101 owning the VIP 172.16.1.10 on `lo` with the DSR ARP sysctls.
-A TPACKET TX-ring generator in the client sends precomputed UDP frames to VIP:9000 from 4096
-source address/port pairs, addressed to the balancer's MAC, as fast as it can, in both phases:
+172.16.1.252, targets .100/.101 owning the VIP 172.16.1.10 on `lo` with the DSR ARP sysctls. In the
+client a small C generator (bench_gen.c, compiled into a temporary directory; sendmmsg on a packet
+socket) sends 60-byte TCP SYNs to VIP:80 from 4096 source address/port pairs, addressed to the
+balancer's MAC, as fast as it can.
 
-  kernel  the balancer forwards with ip_forward=1 and a multipath route for the VIP via the targets
-  dsrlb   ip_forward=0, dsrlb runs a seed-like config with a UDP server
+  kernel    the balancer forwards with ip_forward=1 and a multipath route for the VIP via the targets
+  raw       ip_forward=0, dsrlb with `access raw`: the Python forwarder
+  nftables  ip_forward=0, dsrlb with `access nftables`: the daemon's netdev-ingress table forwards
 
-Delivered = UDP datagrams for the VIP the targets' stacks accepted (Udp InDatagrams + NoPorts +
-RcvbufErrors of /proc/net/snmp: right MAC, right address, valid checksum), not frames seen on a
-wire. With two cores, CPU 0 is "the network": the generator, the switch and the targets (receive
-steering of the switch port facing the balancer sends what the balancer transmits there); the
-kernel's own forwarding runs where the kernel runs it, in the receive path on CPU 0; the dsrlb
-process is pinned to CPU 1. Identical in both phases: the generator's core is the shared limit.
+Delivered = SYNs the targets' TCP accepted (Tcp InSegs - InCsumErrors of /proc/net/snmp: right MAC,
+right address, valid checksum), not frames seen on a wire. One core is "the network": the
+generator, the switch and the targets (receive steering of the switch port facing the balancer
+brings what the balancer sends there). The balancer's work is placed
+
+  free      on the other core: its receive path steered there with RPS, the dsrlb process pinned there;
+            for raw, the receive path stays on the network's core (its best placement: a Python loop
+            sharing its core with the receive softirq forwards a third as much or less)
+  shared    on the network's core too, the other core idle
+
+Ratios are to the kernel in the same placement. CPU per packet, per delivered packet: the busy time
+of each of the two cores (/proc/stat), the balancer's (free placement: the softirq time of its own core
+plus the dsrlb process's) and the dsrlb process's alone.
 """
 
 from __future__ import annotations
@@ -21,13 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -36,21 +48,21 @@ from dsrlb_tools.netns import SWITCH, Topology, net_dev_counters, snmp_counters
 
 PREFIX = "dsrlb-bench"
 VIP = "172.16.1.10"
-PORT = 9000
+PORT = 80
 BALANCER = "172.16.1.252"
 TARGETS = {"target1": "172.16.1.100", "target2": "172.16.1.101"}
 CLIENT = "172.16.1.50"
-SOURCES = 4096  # distinct (source address, source port) pairs, one per TX ring slot
-PAYLOAD = 18  # smallest Ethernet frame (60 bytes without FCS): the benchmark is about packets/s
+SOURCES = 4096  # distinct (source address, source port) pairs, one per generator ring slot
+FRAME_BYTES = 60  # smallest Ethernet frame (without FCS): the benchmark is about packets/s
 WARMUP = 1.0
-GEN_CPU, FWD_CPU = 0, 1
+PATHS = ("kernel", "raw", "nftables")
 
-DSRLB_CONFIG = f"""\
-// dsrlb bench: the seed's shape with a UDP virtual server
+DSRLB_CONFIG = """\
+// dsrlb bench: the seed's shape, access {access}
 modules   vrrp,arp,ping,hc,master,slb,tnat,nat,rt
 interface 1 {{
           name eth0
-          access raw
+          access {access}
 }}
 register  interface 1
 enable    interface 1
@@ -58,30 +70,30 @@ network   1 {{
           name "bench network"
           addr 172.16.1.0
           mask 255.255.255.0
-          real {BALANCER}
+          real {balancer}
           interface 1
 }}
 register  network 1
 enable    network 1
 server    1 {{
-          ipaddr {VIP}
-          port {PORT}
-          protocol udp
+          ipaddr {vip}
+          port {port}
+          protocol tcp
           targets 1,2
 }}
 register  server 1
 enable    server 1
 target    1 {{
-          ipaddr {TARGETS["target1"]}
-          port {PORT}
-          protocol udp
+          ipaddr {target1}
+          port {port}
+          protocol tcp
           ping 1,3
           dsr enable
 }}
 target    2 {{
-          ipaddr {TARGETS["target2"]}
-          port {PORT}
-          protocol udp
+          ipaddr {target2}
+          port {port}
+          protocol tcp
           ping 1,3
           dsr enable
 }}
@@ -92,141 +104,71 @@ enable    targets 1,2
 
 @dataclass
 class Phase:
-    """Figures of one phase over the measurement window."""
+    """Figures of one path in one placement over the measurement window."""
 
-    name: str
+    path: str  # kernel | raw | nftables
+    placement: str  # free | shared
+    balancer: str  # where the balancer's work ran
     seconds: float
     offered_pps: float  # frames the generator put on the client's wire
     received_pps: float  # frames that reached the balancer's eth0 (before its own drops)
-    delivered_pps: float  # UDP datagrams for the VIP accepted by the targets' stacks
+    delivered_pps: float  # SYNs for the VIP accepted by the targets' TCP
     per_target_pps: dict[str, float]
-    machine_cpu_us_per_packet: float  # busy time of all cores (generator included) per delivered packet
-    process_cpu_us_per_packet: float | None = None  # utime+stime of the dsrlb process (dsrlb only)
-    daemon_rx_pps: float | None = None  # frames dsrlb took from its ring (dsrlb only)
+    cpu_us_per_packet: dict[str, float]  # busy time of each core per delivered packet
+    cpu_busy: dict[str, float]  # share of the window each core was busy (1.0: saturated)
+    # free placement: softirq time of the balancer's own core plus the dsrlb process's, per delivered
+    # packet (raw's receive copy, on the network's core, is not in it); shared: None, see the cores
+    balancer_cpu_us_per_packet: float | None
+    daemon_cpu_us_per_packet: float | None  # utime+stime of the dsrlb process (raw, nftables)
+    ratio: float = 0.0  # delivered / the kernel's delivered in the same placement
 
 
 class BenchError(Exception):
     """A setup step failed: reported as one line, never as a traceback."""
 
 
-# --- generator (runs as its own process inside the client namespace) ------------------------------
-
-
-def build_frames(dst_mac: bytes, src_mac: bytes, count: int) -> list[bytes]:
-    """Valid UDP frames to VIP:PORT with distinct sources, checksums complete (nothing left to offload)."""
+def build_frames(dst_mac: bytes, src_mac: bytes) -> bytes:
+    """SOURCES TCP SYNs to VIP:PORT from distinct sources, checksums complete, padded to FRAME_BYTES."""
     from dsrlb.dataplane.packet import checksum
 
     vip = IPv4Address(VIP).packed
     frames = []
-    for i in range(count):
+    for i in range(SOURCES):
         src = IPv4Address(f"198.18.{i >> 8 & 0xFF}.{i & 0xFF}").packed
-        sport = 1024 + i
-        payload = i.to_bytes(4, "big").rjust(PAYLOAD, b"\x00")
-        udp_len = 8 + len(payload)
-        ip = bytearray(
-            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, i & 0xFFFF, 0, 64, 17, 0, src, vip)
-        )
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xFFFF, 0, 64, 6, 0, src, vip))
         struct.pack_into("!H", ip, 10, checksum(ip))
-        pseudo = src + vip + struct.pack("!BBH", 0, 17, udp_len)
-        udp = bytearray(struct.pack("!HHHH", sport, PORT, udp_len, 0) + payload)
-        struct.pack_into("!H", udp, 6, checksum(pseudo + udp) or 0xFFFF)
-        frames.append(dst_mac + src_mac + b"\x08\x00" + bytes(ip) + bytes(udp))
-    return frames
+        tcp = bytearray(struct.pack("!HHIIBBHHH", 1024 + i, PORT, i, 0, 5 << 4, 0x02, 64240, 0, 0))
+        struct.pack_into("!H", tcp, 16, checksum(src + vip + struct.pack("!BBH", 0, 6, len(tcp)) + tcp))
+        frames.append((dst_mac + src_mac + b"\x08\x00" + ip + tcp).ljust(FRAME_BYTES, b"\x00"))
+    return b"".join(frames)
 
 
-def generate(ifname: str, dst_mac: str) -> int:
-    """Fill every TX ring slot once with its own frame, then only flip slot status words forever.
-
-    The kernel sends from the slots (zero copy) and hands each back when its skb is freed, so the
-    per-packet work in Python is one status check and one store; one send() call kicks a whole lap.
-    """
-    from dsrlb.dataplane.ring import FRAME_SIZE, TPACKET2_HDR, TX_DATA_OFFSET, PacketRing
-
-    ring = PacketRing(ifname, rx_frames=1, tx_frames=SOURCES)
-    frames = build_frames(bytes.fromhex(dst_mac.replace(":", "")), ring.mac, ring.tx_frames)
-    for slot, frame in enumerate(frames):
-        at = ring.tx_base + slot * FRAME_SIZE
-        TPACKET2_HDR.pack_into(ring.map, at, 0, len(frame), len(frame), 0, 0, 0, 0, 0, 0)
-        ring.map[at + TX_DATA_OFFSET : at + TX_DATA_OFFSET + len(frame)] = frame
-    status = memoryview(ring.map)[ring.tx_base :].cast("I")
-    slots = range(0, ring.tx_frames * FRAME_SIZE // 4, FRAME_SIZE // 4)
-    running = True
-
-    def stop(*_: object) -> None:
-        nonlocal running
-        running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print("ready", flush=True)
-    while running:
-        for word in slots:
-            if status[word] == 0:
-                status[word] = 1
-        ring.flush()
-    status.release()
-    ring.close()
-    return 0
+def compile_generator(workdir: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise BenchError("needs a C compiler for its traffic generator (apt-get install gcc)")
+    binary = workdir / "bench_gen"
+    source = (files("dsrlb_tools") / "bench_gen.c").read_text()
+    subprocess.run(
+        [cc, "-O2", "-o", str(binary), "-x", "c", "-"],
+        input=source,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return binary
 
 
-# --- the benchmark ---------------------------------------------------------------------------------
-
-
-def _build(topo: Topology) -> None:
-    for host in ("client", "balancer", *TARGETS):
-        topo.add_host(host)
-    topo.connect("client", addrs=[f"{CLIENT}/24"])
-    topo.connect("balancer", addrs=[f"{BALANCER}/24"])
-    # No reverse-path filtering or redirects: the generated sources (198.18/16) are not routed here,
-    # and a forwarder sending back out of the interface it received on would otherwise emit redirects.
-    quiet = {
-        "net.ipv4.conf.all.rp_filter": 0,
-        "net.ipv4.conf.default.rp_filter": 0,
-        "net.ipv4.conf.all.send_redirects": 0,
-        "net.ipv4.conf.default.send_redirects": 0,
-    }
-    topo.sysctl("balancer", quiet)
-    for host, addr in TARGETS.items():
-        topo.connect(host, addrs=[f"{addr}/24"])
-        topo.addr(host, f"{VIP}/32", "lo")
-        # No default route: the targets cannot answer the unroutable sources (no ICMP storm back).
-        topo.sysctl(host, {**quiet, "net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2})
-    if _pinned():
-        # What the balancer sends is the network's work (switch, targets): same core in both phases.
-        port = topo.ports[("balancer", "eth0")]
-        topo.run(SWITCH, "sh", "-c", f"echo {1 << GEN_CPU:x} > /sys/class/net/{port}/queues/rx-0/rps_cpus")
-
-
-def _pinned() -> bool:
-    return (os.cpu_count() or 1) >= 2
-
-
-def _taskset(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if _pinned() else []
-
-
-def _snapshot(topo: Topology, daemon: Daemon | None) -> dict[str, Any]:
-    delivered = {}
-    for host in TARGETS:
-        udp = snmp_counters(topo.proc_net(host, "snmp"), "Udp")
-        delivered[host] = udp["InDatagrams"] + udp["NoPorts"] + udp["RcvbufErrors"]
-    balancer = net_dev_counters(topo.proc_net("balancer", "dev"), "eth0")
-    return {
-        "time": time.monotonic(),
-        "offered": net_dev_counters(topo.proc_net("client", "dev"), "eth0")["tx_packets"],
-        "received": balancer["rx_packets"] + balancer["rx_dropped"],
-        "delivered": delivered,
-        "busy": _busy_ticks(),
-        "process": _process_ticks(daemon.proc.pid) if daemon else 0,
-        "daemon_rx": daemon.stats()["rx"] if daemon else 0,
-    }
-
-
-def _busy_ticks() -> int:
-    """Busy ticks of the whole machine (user, nice, system, irq, softirq): what a phase costs."""
+def _cpu_ticks() -> dict[str, tuple[int, int]]:
+    """(busy, softirq) ticks of each core by name ("cpu0", ...); busy = user, nice, system, irq, softirq."""
+    ticks = {}
     with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in f.readline().split()[1:8])
-    return user + nice + system + irq + softirq
+        for line in f:
+            name, *values = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in values[:7])
+                ticks[name] = (user + nice + system + irq + softirq, softirq)
+    return ticks
 
 
 def _process_ticks(pid: int) -> int:
@@ -236,67 +178,13 @@ def _process_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def _measure(
-    topo: Topology, name: str, seconds: float, balancer_mac: str, daemon: Daemon | None = None
-) -> Phase:
-    gen = topo.popen(
-        "client",
-        *_taskset(GEN_CPU),
-        sys.executable,
-        "-m",
-        "dsrlb_tools.bench",
-        "--generate",
-        "eth0",
-        balancer_mac,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        if gen.stdout is None or gen.stdout.readline().strip() != "ready":
-            raise BenchError(f"generator did not start: {gen.stderr.read().strip() if gen.stderr else ''}")
-        time.sleep(WARMUP)
-        before = _snapshot(topo, daemon)
-        time.sleep(seconds)
-        after = _snapshot(topo, daemon)
-    finally:
-        topo.stop(gen)
-    elapsed = after["time"] - before["time"]
-    per_target = {h: (after["delivered"][h] - before["delivered"][h]) / elapsed for h in TARGETS}
-    delivered = sum(after["delivered"][h] - before["delivered"][h] for h in TARGETS)
-    per_packet = 1e6 / os.sysconf("SC_CLK_TCK") / max(delivered, 1)  # us per tick per delivered packet
-    return Phase(
-        name=name,
-        seconds=round(elapsed, 3),
-        offered_pps=(after["offered"] - before["offered"]) / elapsed,
-        received_pps=(after["received"] - before["received"]) / elapsed,
-        delivered_pps=delivered / elapsed,
-        per_target_pps=per_target,
-        machine_cpu_us_per_packet=(after["busy"] - before["busy"]) * per_packet,
-        process_cpu_us_per_packet=(after["process"] - before["process"]) * per_packet if daemon else None,
-        daemon_rx_pps=(after["daemon_rx"] - before["daemon_rx"]) / elapsed if daemon else None,
-    )
-
-
-def _kernel_phase(topo: Topology, seconds: float, balancer_mac: str) -> Phase:
-    topo.sysctl("balancer", {"net.ipv4.ip_forward": 1})
-    topo.route("balancer", f"{VIP}/32", *(w for a in TARGETS.values() for w in ("nexthop", "via", a)))
-    try:
-        return _measure(topo, "kernel", seconds, balancer_mac)
-    finally:
-        topo.run("balancer", "ip", "route", "del", f"{VIP}/32", check=False)
-        topo.sysctl("balancer", {"net.ipv4.ip_forward": 0})
-
-
 @dataclass
 class Daemon:
-    """A dsrlb process started for the dsrlb phase, with its control socket and log."""
+    """A dsrlb process started for one phase, with its control socket and log."""
 
     proc: subprocess.Popen[str]
     sock: Path
     log: Path
-
-    def stats(self) -> dict[str, Any]:
-        return self.request({"cmd": "show", "what": "stats"})
 
     def request(self, message: dict[str, Any]) -> Any:
         from dsrlb.control import request
@@ -320,69 +208,205 @@ class Daemon:
         raise BenchError(f"dsrlb targets not up and resolved within {timeout:.0f} s")
 
 
-def _dsrlb_phase(topo: Topology, seconds: float, balancer_mac: str, workdir: Path) -> Phase:
-    conf = workdir / "bench.conf"
-    conf.write_text(DSRLB_CONFIG)
-    log = workdir / "dsrlb.log"
-    with log.open("w") as out:  # a file, not a pipe nobody drains: the daemon must never block on its log
-        proc = topo.popen(
-            "balancer",
-            *_taskset(FWD_CPU),
-            str(Path(sys.executable).with_name("dsrlb")),
-            "-s",
-            str(workdir / "control.sock"),
-            "run",
-            "-c",
-            str(conf),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+class Bench:
+    """The topology, the generator and the cores of one run; `phase()` measures one path in one placement."""
+
+    def __init__(self, topo: Topology, workdir: Path, seconds: float) -> None:
+        self.topo, self.workdir, self.seconds = topo, workdir, seconds
+        cores = sorted(os.sched_getaffinity(0))[:2]
+        self.net_cpu = cores[0]
+        self.placements = {"free": cores[-1], "shared": cores[0]} if len(cores) > 1 else {"shared": cores[0]}
+        self.cores = [f"cpu{c}" for c in cores]
+        self.background = self._busy_share(1.0)
+        self.generator = compile_generator(workdir)
+        self._build()
+        self.frames = workdir / "frames"
+        self.frames.write_bytes(
+            build_frames(
+                bytes.fromhex(topo.mac("balancer").replace(":", "")),
+                bytes.fromhex(topo.mac("client").replace(":", "")),
+            )
         )
-    daemon = Daemon(proc, workdir / "control.sock", log)
-    try:
-        daemon.wait_targets_up()
-        return _measure(topo, "dsrlb", seconds, balancer_mac, daemon)
-    finally:
-        topo.stop(proc)
+
+    def _build(self) -> None:
+        topo = self.topo
+        for host in ("client", "balancer", *TARGETS):
+            topo.add_host(host)
+        topo.connect("client", addrs=[f"{CLIENT}/24"])
+        topo.connect("balancer", addrs=[f"{BALANCER}/24"])
+        # No reverse-path filtering or redirects: the generated sources (198.18/16) are not routed
+        # here, and a forwarder sending back out of the interface it received on would emit redirects.
+        quiet = {
+            "net.ipv4.conf.all.rp_filter": 0,
+            "net.ipv4.conf.default.rp_filter": 0,
+            "net.ipv4.conf.all.send_redirects": 0,
+            "net.ipv4.conf.default.send_redirects": 0,
+        }
+        topo.sysctl("balancer", quiet)
+        for host, addr in TARGETS.items():
+            topo.connect(host, addrs=[f"{addr}/24"])
+            topo.addr(host, f"{VIP}/32", "lo")
+            # No default route: the targets cannot answer the unroutable sources (no RST storm back).
+            topo.sysctl(
+                host, {**quiet, "net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2}
+            )
+        # What the balancer sends is the network's work (switch, targets), in every phase.
+        self._steer(SWITCH, self.topo.ports[("balancer", "eth0")], self.net_cpu)
+
+    def _busy_share(self, seconds: float) -> dict[str, float]:
+        """Share of each core busy over `seconds`: before the run, other work that will skew the figures."""
+        before = _cpu_ticks()
+        time.sleep(seconds)
+        after = _cpu_ticks()
+        return {c: (after[c][0] - before[c][0]) / os.sysconf("SC_CLK_TCK") / seconds for c in self.cores}
+
+    def _steer(self, host: str, ifname: str, cpu: int) -> None:
+        """Receive processing of the interface on `cpu` (RPS)."""
+        path = f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus"
+        self.topo.run(host, "sh", "-c", f"echo {1 << cpu:x} > {path}")
+
+    def phase(self, path: str, placement: str) -> Phase:
+        cpu = self.placements[placement]
+        rx_cpu = self.net_cpu if path == "raw" else cpu
+        self._steer("balancer", "eth0", rx_cpu)
+        where = f"receive on cpu{rx_cpu}" + ("" if path == "kernel" else f", dsrlb on cpu{cpu}")
+        if path == "kernel":
+            self.topo.sysctl("balancer", {"net.ipv4.ip_forward": 1})
+            self.topo.route(
+                "balancer", f"{VIP}/32", *(w for a in TARGETS.values() for w in ("nexthop", "via", a))
+            )
+            try:
+                return self._measure(path, placement, where, None)
+            finally:
+                self.topo.run("balancer", "ip", "route", "del", f"{VIP}/32", check=False)
+                self.topo.sysctl("balancer", {"net.ipv4.ip_forward": 0})
+        conf, sock, log = (self.workdir / f"{path}-{placement}.{name}" for name in ("conf", "sock", "log"))
+        conf.write_text(DSRLB_CONFIG.format(access=path, balancer=BALANCER, vip=VIP, port=PORT, **TARGETS))
+        with log.open("w") as out:  # a file, not a pipe nobody drains: the daemon must never block on it
+            proc = self.topo.popen(
+                "balancer",
+                *("taskset", "-c", str(cpu)),
+                str(Path(sys.executable).with_name("dsrlb")),
+                *("-s", str(sock), "run", "-c", str(conf)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            Daemon(proc, sock, log).wait_targets_up()
+            return self._measure(path, placement, where, proc.pid)
+        finally:
+            self.topo.stop(proc)
+
+    def _snapshot(self, daemon_pid: int | None) -> dict[str, Any]:
+        delivered = {}
+        for host in TARGETS:
+            tcp = snmp_counters(self.topo.proc_net(host, "snmp"), "Tcp")
+            delivered[host] = tcp["InSegs"] - tcp["InCsumErrors"]
+        balancer = net_dev_counters(self.topo.proc_net("balancer", "dev"), "eth0")
+        return {
+            "time": time.monotonic(),
+            "offered": net_dev_counters(self.topo.proc_net("client", "dev"), "eth0")["tx_packets"],
+            "received": balancer["rx_packets"] + balancer["rx_dropped"],
+            "delivered": delivered,
+            "cpu": _cpu_ticks(),
+            "daemon": _process_ticks(daemon_pid) if daemon_pid else 0,
+        }
+
+    def _measure(self, path: str, placement: str, where: str, daemon_pid: int | None) -> Phase:
+        with self.frames.open("rb") as frames:
+            gen = self.topo.popen(
+                "client",
+                *("taskset", "-c", str(self.net_cpu)),
+                *(str(self.generator), "eth0", str(FRAME_BYTES)),
+                stdin=frames,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        try:
+            if gen.stdout is None or gen.stdout.readline().strip() != "ready":
+                raise BenchError(
+                    f"generator did not start: {gen.stderr.read().strip() if gen.stderr else ''}"
+                )
+            time.sleep(WARMUP)
+            before = self._snapshot(daemon_pid)
+            time.sleep(self.seconds)
+            after = self._snapshot(daemon_pid)
+        finally:
+            self.topo.stop(gen)
+        elapsed = after["time"] - before["time"]
+        per_target = {h: after["delivered"][h] - before["delivered"][h] for h in TARGETS}
+        delivered = sum(per_target.values())
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+        busy = {c: (after["cpu"][c][0] - before["cpu"][c][0]) * tick for c in self.cores}  # seconds
+        daemon = (after["daemon"] - before["daemon"]) * tick
+        own = f"cpu{self.placements[placement]}"
+        per_packet = 1e6 / max(delivered, 1)
+        return Phase(
+            path=path,
+            placement=placement,
+            balancer=where,
+            seconds=round(elapsed, 3),
+            offered_pps=(after["offered"] - before["offered"]) / elapsed,
+            received_pps=(after["received"] - before["received"]) / elapsed,
+            delivered_pps=delivered / elapsed,
+            per_target_pps={h: n / elapsed for h, n in per_target.items()},
+            cpu_us_per_packet={c: s * per_packet for c, s in busy.items()},
+            cpu_busy={c: s / elapsed for c, s in busy.items()},
+            balancer_cpu_us_per_packet=(
+                ((after["cpu"][own][1] - before["cpu"][own][1]) * tick + daemon) * per_packet
+                if placement == "free"
+                else None
+            ),
+            daemon_cpu_us_per_packet=daemon * per_packet if daemon_pid else None,
+        )
 
 
 def run_bench(seconds: float) -> dict[str, Any]:
-    """Build the topology, measure both phases, always tear down."""
+    """Build the topology, measure every path in every placement, always tear down."""
     with Topology(PREFIX) as topo, tempfile.TemporaryDirectory(prefix="dsrlb-bench-") as tmp:
-        _build(topo)
-        balancer_mac = topo.mac("balancer")
-        kernel = _kernel_phase(topo, seconds, balancer_mac)
-        dsrlb = _dsrlb_phase(topo, seconds, balancer_mac, Path(tmp))
+        bench = Bench(topo, Path(tmp), seconds)
+        phases = [bench.phase(path, placement) for placement in bench.placements for path in PATHS]
+    for p in phases:
+        kernel = next(k for k in phases if k.placement == p.placement and k.path == "kernel")
+        p.ratio = p.delivered_pps / kernel.delivered_pps if kernel.delivered_pps else 0.0
     return {
-        "frame_bytes": 14 + 20 + 8 + PAYLOAD,
-        "sources": SOURCES,
-        "pinning": (
-            f"generator, switch and targets on cpu{GEN_CPU}; dsrlb process on cpu{FWD_CPU}"
-            if _pinned()
-            else "not pinned (one cpu)"
-        ),
-        "kernel": asdict(kernel),
-        "dsrlb": asdict(dsrlb),
-        "ratio": dsrlb.delivered_pps / kernel.delivered_pps if kernel.delivered_pps else 0.0,
+        "traffic": f"{FRAME_BYTES}-byte TCP SYNs to {VIP}:{PORT} from {SOURCES} sources",
+        "network_cpu": f"cpu{bench.net_cpu}",
+        "placements": {name: f"cpu{cpu}" for name, cpu in bench.placements.items()},
+        "busy_before": bench.background,
+        "phases": [asdict(p) for p in phases],
     }
 
 
 def _report(result: dict[str, Any]) -> str:
-    kernel, dsrlb = result["kernel"], result["dsrlb"]
-    lines = [f"{result['frame_bytes']}-byte UDP frames from {result['sources']} sources; {result['pinning']}"]
-    for p in (kernel, dsrlb):
-        per = ", ".join(f"{h} {v:,.0f}" for h, v in p["per_target_pps"].items())
-        lines.append(
-            f"{p['name']:>6}: delivered {p['delivered_pps']:>9,.0f} pps ({per}); "
-            f"offered {p['offered_pps']:,.0f}, reached the balancer {p['received_pps']:,.0f}"
-        )
-    lines += [
-        f" ratio: dsrlb/kernel = {result['ratio']:.2f}",
-        f"   cpu: dsrlb process {dsrlb['process_cpu_us_per_packet']:.2f} us per forwarded packet; "
-        f"whole machine per delivered packet: kernel {kernel['machine_cpu_us_per_packet']:.2f} us, "
-        f"dsrlb {dsrlb['machine_cpu_us_per_packet']:.2f} us",
-        f"        dsrlb took {dsrlb['daemon_rx_pps']:,.0f} frames/s from its ring",
+    places = ", ".join(f"{name}: the balancer on {cpu}" for name, cpu in result["placements"].items())
+    cores = list(result["phases"][0]["cpu_us_per_packet"])
+    lines = [
+        f"{result['traffic']}; generator, switch and targets on {result['network_cpu']}; {places}",
+        f"{'placement':<10}{'path':<10}{'offered':>10}{'delivered':>11}{'/kernel':>8}"
+        + "".join(f"{c + ' us/pkt (busy)':>20}" for c in cores)
+        + f"{'balancer us/pkt':>16}{'dsrlb us/pkt':>13}  where",
     ]
+    for p in result["phases"]:
+        lines.append(
+            f"{p['placement']:<10}{p['path']:<10}{p['offered_pps']:>10,.0f}{p['delivered_pps']:>11,.0f}"
+            f"{p['ratio']:>8.2f}"
+            + "".join(f"{p['cpu_us_per_packet'][c]:>13.2f} ({p['cpu_busy'][c]:>4.0%})" for c in cores)
+            + _figure(p["balancer_cpu_us_per_packet"], 16)
+            + _figure(p["daemon_cpu_us_per_packet"], 13)
+            + f"  {p['balancer']}"
+        )
+    busy = ", ".join(f"{c} {share:.0%}" for c, share in result["busy_before"].items())
+    lines.append(f"busy before the run (other work, skews every figure): {busy}")
+    lines.append("offered, delivered: packets/s; /kernel: delivered over the kernel's in the same placement")
+    lines.append(
+        "us/pkt: CPU time per delivered packet; balancer: softirq of its own core + dsrlb (free placement)"
+    )
     return "\n".join(lines)
+
+
+def _figure(value: float | None, width: int) -> str:
+    return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
 
 
 def main(argv: list[str]) -> int:
@@ -406,6 +430,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--generate"]:
-        sys.exit(generate(sys.argv[2], sys.argv[3]))
     sys.exit(main(sys.argv[1:]))
