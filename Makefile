@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
-SCENARIOS := default target balancer failover rollout
+SCENARIOS := default target balancer failover rollout upgrade
 
 .PHONY: check test demo deps venv lint test-contract test-collection-unit lint-ansible test-unit test-integration test-lab test-collection test-fleet \
-	test-ha test-deploy test-molecule bench lab-up lab-down clean
+	test-ha test-deploy test-molecule bench lab-up lab-down clean collection
 
 deps:
 	@bash scripts/install-deps
@@ -49,6 +49,11 @@ test-integration: $(STAMP)
 test-lab: $(STAMP)
 	$(PYTEST) tests/lab
 
+# The Galaxy artifact, self-sufficient: the daemon's wheel inside (prints dist/dsrlb-fleet-VERSION.tar.gz).
+collection: $(STAMP)
+	bash scripts/collection-build dist
+
+# ansible-test, ansible-doc, and the artifact installed from an empty collections path (test_artifact.py).
 test-collection: $(STAMP)
 	bash scripts/collection-test
 	$(PYTEST) tests/collection
@@ -88,4 +93,4 @@ bench: $(STAMP)
 	$(BIN)/dsrlb bench
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info tools/build tools/src/*.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info tools/build tools/src/*.egg-info roles/balancer/files/dsrlb-*.whl

@@ -96,3 +96,29 @@ def test_a_failed_rollout_batch_stops_with_its_target_left_drained(fleet: LabRun
     for lb in ("lb1", "lb2"):
         fleet.exec(lb, DSRLB, "target", "enable", "1")
     assert {(t["admin"], t["health"]) for t in targets(fleet, "lb1")} == {("enabled", "up")}
+
+
+def test_preflight_names_a_bad_port_and_changes_no_host(fleet: LabRun) -> None:
+    """A second virtual server with port 70000: site.yml stops in its preflight with the inventory key in
+    the message, before any play changes a host (web1 never gets the new VIP, lb1 keeps its config)."""
+    lab_server = {"id": 1, "vip": VIP, "port": 80, "protocol": "tcp", "method": "maglev"}
+    bad = {"dsrlb_servers": [lab_server, {"id": 2, "vip": "172.16.1.11", "port": 70000, "protocol": "tcp"}]}
+    config = fleet.exec("lb1", "cat", CONFIG).stdout
+    proc = fleet.ansible_cli("ansible-playbook", ["site.yml", "-e", json.dumps(bad)], {})
+    assert proc.returncode != 0, proc.stdout
+    assert "dsrlb_servers[1].port: 70000 is out of range 1..65535" in proc.stdout, proc.stdout
+    assert "PLAY [DSR targets" not in proc.stdout and "PLAY [DSR balancers" not in proc.stdout, proc.stdout
+    recap = proc.stdout.split("PLAY RECAP")[-1]
+    assert "changed=0" in recap and all(
+        "changed=0" in line for line in recap.splitlines() if "ok=" in line
+    ), recap
+    assert "172.16.1.11" not in fleet.exec("web1", "ip", "-4", "addr", "show", "dev", "lo").stdout
+    assert fleet.exec("lb1", "cat", CONFIG).stdout == config
+
+
+def test_verify_by_name_probes_arp_from_the_router(fleet: LabRun) -> None:
+    """`ansible-playbook dsrlb.fleet.verify`: the collection's playbook by name; its ARP probe (no arping
+    needed) runs on a host that is not a balancer and says so."""
+    proc = fleet.ansible_cli("ansible-playbook", ["dsrlb.fleet.verify"], {})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "probed from router" in proc.stdout, proc.stdout

@@ -47,8 +47,15 @@ class LabRun:
     def ansible_cli(
         self, tool: str, args: list[str], extra_env: dict[str, str]
     ) -> subprocess.CompletedProcess:
-        """Run an Ansible CLI from the repository (its ansible.cfg and inventory/lab) against this lab."""
-        env = {**os.environ, "DSRLB_LAB_STATE_DIR": str(self.state_dir), "ANSIBLE_NOCOLOR": "1", **extra_env}
+        """Run an Ansible CLI from the repository (its ansible.cfg) against this lab: inventory/lab unless
+        the arguments or extra_env name another (the repository's ansible.cfg sets no inventory)."""
+        env = {
+            **os.environ,
+            "DSRLB_LAB_STATE_DIR": str(self.state_dir),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_INVENTORY": str(REPO / "inventory" / "lab"),
+            **extra_env,
+        }
         return subprocess.run(
             [str(BIN / tool), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
         )
