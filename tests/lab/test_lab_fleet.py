@@ -128,7 +128,10 @@ def test_lab_web_answers_the_client_through_the_router(lab: LabRun) -> None:
 
 def test_inventory_matches_the_default_topology() -> None:
     proc = subprocess.run(
-        [str(BIN / "ansible-inventory"), "--list"], cwd=REPO, capture_output=True, text=True
+        [str(BIN / "ansible-inventory"), "-i", "inventory/lab", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     inv = json.loads(proc.stdout)
     assert set(inv["dsr_balancers"]["hosts"]) == {"lb1", "lb2"}
