@@ -83,8 +83,9 @@ def test_keepalived_baseline(fleet: Fleet, report: Report) -> None:
     measure(fleet, report, KEEPALIVED, KEEPALIVED)
     for event in EVENTS:
         runs = report.runs[(KEEPALIVED, event)]
-        # the baseline measured a takeover: both nodes served, and the backup did within seconds
-        assert set().union(*(w.servers() for w in runs.failover)) == {"lb1", "lb2"}
+        # the baseline measured a takeover: both nodes served, and the backup did within seconds (an answer
+        # with an empty body, seen once while keepalived moved the VIP, names no node)
+        assert set().union(*(w.servers() for w in runs.failover)) - {""} == {"lb1", "lb2"}
         assert runs.gap() < 5
 
 
