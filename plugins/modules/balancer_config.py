@@ -604,6 +604,10 @@ class BalancerConfig:
                 f"dsrlb check rejected the config, nothing was installed; fix: {'; '.join(errors)}",
                 errors,
             )
+        # An accepted config may still serve nothing (no server, no target enabled): say so in the play.
+        for line in err.splitlines():
+            if ": warning: " in line:
+                self.module.warn("dsrlb check: " + line.replace(candidate, self.path))
         self.result["validated"] = True
 
     def _write(self, text: str) -> None:
