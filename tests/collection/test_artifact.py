@@ -3,8 +3,9 @@
 the checkout with an ansible.cfg that names only that path (no checkout, no ~/.ansible collections).
 
 Without root: the artifact's file list, the daemon wheel inside it, and the balancer role's choice of
-what to install (tasks/source.yml). As root: the fleet deployed from the installed collection on a
-private lab, traffic through the VIP, and `dsrlb show vrrp` on a balancer's shell.
+what to install (tasks/source.yml). As root: the fleet of a private lab deployed over SSH from the
+installed collection, with inventory/example as shipped (user `deploy` with sudo, keys made for the
+run, host keys checked), traffic through the VIP, and `dsrlb show vrrp` in a balancer's login shell.
 """
 
 from __future__ import annotations
@@ -226,33 +227,127 @@ def test_with_nothing_to_install_the_role_fails_saying_what_to_set(
     assert "Set dsrlb_install_from to a dsrlb wheel on the controller" in out, out
 
 
-# --- as root: the fleet from the installed collection on a private lab ------------------------------
+# --- as root: the fleet deployed over SSH from the installed collection, as on real hosts ------------
+
+# The operator's machine is the lab's client host: Ansible runs in its network namespace (with this
+# machine's files, so the venv's ansible-core wherever the checkout is) and reaches every other host
+# through the router, over SSH, as the user `deploy` with sudo, like inventory/example describes.
+CONTROLLER = "client"
+CLIENT_ADDRESS = "198.18.0.10"
+SSH_HOSTS = ("lb1", "lb2", "web1", "web2", "client")
+
+# What a provisioned Debian host has before the collection runs: sshd with its own host keys (made now,
+# for this run), a user `deploy` who logs in with the run's key and may sudo without a password.
+PROVISION = r"""
+set -eu
+useradd --create-home --shell /bin/bash deploy
+install -d -m 700 -o deploy -g deploy /home/deploy/.ssh
+printf '%s\n' "$1" > /home/deploy/.ssh/authorized_keys
+chown deploy:deploy /home/deploy/.ssh/authorized_keys
+echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy
+chmod 440 /etc/sudoers.d/deploy
+rm -f /etc/ssh/ssh_host_*
+ssh-keygen -q -A
+systemctl enable --now ssh >/dev/null 2>&1
+cat /etc/ssh/ssh_host_ed25519_key.pub
+"""
+
+
+@dataclass
+class Operator:
+    """The operator's working directory: the run's SSH key, known_hosts, inventory and ansible.cfg."""
+
+    dir: Path
+    installed: Installed
+    lab: object
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    def ssh_options(self) -> list[str]:
+        return [
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.dir / 'known_hosts'}",
+            "-o", "ConnectTimeout=10",
+            "-i", str(self.key),
+        ]  # fmt: skip
+
+    def in_controller(self, *argv: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """Run ``argv`` on the operator's machine (the client host's network)."""
+        return self.lab.lab("exec", "--net", CONTROLLER, "--", *argv, check=False, timeout=timeout)  # type: ignore[attr-defined]
+
+    def playbook(self, *args: str) -> subprocess.CompletedProcess:
+        env = self.installed.env(ANSIBLE_CONFIG=str(self.dir / "ansible.cfg"))
+        return self.in_controller(
+            "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+            str(BIN / "ansible-playbook"), "-i", str(self.dir / "inventory"), *args,
+        )  # fmt: skip
+
+    def ssh(self, address: str, command: str) -> subprocess.CompletedProcess:
+        return self.in_controller("ssh", *self.ssh_options(), f"deploy@{address}", command, timeout=60)
+
+
+def provision(lab: object, operator_dir: Path) -> None:
+    """sshd, the user `deploy` and the run's key on every host; their host keys into known_hosts."""
+    key = operator_dir / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dsrlb-test", "-f", str(key)], check=True
+    )
+    public = key.with_suffix(".pub").read_text().strip()
+    status = lab.status()  # type: ignore[attr-defined]
+    known = []
+    for host in SSH_HOSTS:
+        proc = lab.exec(host, "sh", "-c", PROVISION, "provision", public)  # type: ignore[attr-defined]
+        address = next(iter(status[host]["addresses"].values()))[0].split("/")[0]
+        known.append(f"{address} {proc.stdout.strip().splitlines()[-1]}")
+    (operator_dir / "known_hosts").write_text("\n".join(known) + "\n")
 
 
 @pytest.fixture(scope="module")
-def fleet(installed: Installed) -> Iterator[tuple[Installed, object]]:
+def operator(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     sys.path.insert(0, str(REPO / "tests" / "lab"))
     from labrun import private_lab
 
-    inventory = installed.cwd / "inventory"
-    shutil.copytree(REPO / "inventory" / "lab", inventory, dirs_exist_ok=True)
+    base = tmp_path_factory.mktemp("operator")
+    # The lab's web servers come first, through the lab's own inventory (this is the lab, not the user).
+    shutil.copytree(REPO / "inventory" / "lab", installed.cwd / "lab-inventory", dirs_exist_ok=True)
     shutil.copy(REPO / "playbooks" / "lab-web.yml", installed.cwd / "lab-web.yml")
+    # The user's inventory: inventory/example as shipped, plus the client host in group dsr_clients so
+    # that verify.yml checks HTTP through the VIP from it.
+    shutil.copytree(REPO / "inventory" / "example", base / "inventory")
+    (base / "inventory" / "clients.yml").write_text(
+        f"dsr_clients:\n  hosts:\n    client:\n      ansible_host: {CLIENT_ADDRESS}\n"
+    )
+    (base / "ansible.cfg").write_text(
+        "[defaults]\n"
+        f"collections_path = {installed.collections}\n"
+        "collections_scan_sys_path = False\n"
+        "interpreter_python = auto_silent\n"
+        "retry_files_enabled = False\n"
+        f"private_key_file = {base / 'id_ed25519'}\n"
+        "[ssh_connection]\n"
+        f"ssh_args = -o UserKnownHostsFile={base / 'known_hosts'} -o StrictHostKeyChecking=yes "
+        "-o ControlMaster=auto -o ControlPersist=60s\n"
+        f"control_path_dir = {base / 'cp'}\n"
+        "pipelining = True\n"
+    )
     with private_lab("artifact") as lab:
-        yield installed, lab
+        env = {"DSRLB_LAB_STATE_DIR": str(lab.state_dir)}
+        web = installed.run("ansible-playbook", "-i", "lab-inventory", "lab-web.yml", **env)
+        assert web.returncode == 0, web.stdout + web.stderr
+        provision(lab, base)
+        yield Operator(base, installed, lab)
 
 
 @pytest.mark.root
-def test_the_fleet_deploys_from_the_installed_collection(fleet: tuple[Installed, object]) -> None:
-    inst, lab = fleet
-    env = {"DSRLB_LAB_STATE_DIR": str(lab.state_dir)}  # type: ignore[attr-defined]
-    web = inst.run("ansible-playbook", "-i", "inventory", "lab-web.yml", **env)
-    assert web.returncode == 0, web.stdout + web.stderr
-    # The callable site playbook when the collection has it, else its plays that change hosts.
-    plays = ["dsrlb.fleet.site"] if (inst.root / "playbooks" / "site.yml").is_file() else []
-    plays = plays or ["dsrlb.fleet.targets", "dsrlb.fleet.balancers"]
-    proc = inst.run("ansible-playbook", "-i", "inventory", *plays, **env)
+def test_the_fleet_deploys_over_ssh_from_the_installed_collection(operator: Operator) -> None:
+    inst, lab = operator.installed, operator.lab
+    proc = operator.playbook("dsrlb.fleet.site")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
+    assert re.search(r"^ok: \[client\]", out, re.MULTILINE), "verify.yml checked HTTP from dsr_clients"
     for task in ("Build the dsrlb wheel on the controller", "Copy the dsrlb wheel to the balancer"):
         blocks = re.findall(rf"TASK \[dsrlb\.fleet\.balancer : {task}[^\n]*\n(.*?)\n\n", out, re.DOTALL)
         assert blocks, f"no task {task!r} in the output"
@@ -264,17 +359,18 @@ def test_the_fleet_deploys_from_the_installed_collection(fleet: tuple[Installed,
 
     (wheel,) = inst.root.glob(WHEEL)
     digest = subprocess.run(["sha256sum", str(wheel)], capture_output=True, text=True).stdout.split()[0]
-
-    for lb in ("lb1", "lb2"):
+    states = {}
+    for lb, address in (("lb1", "172.16.1.252"), ("lb2", "172.16.1.251")):
         shipped = lab.exec(lb, "sha256sum", f"/opt/dsrlb/wheelhouse/{wheel.name}").stdout  # type: ignore[attr-defined]
         assert shipped.split()[0] == digest, "the balancer got the collection's wheel"
-        link = lab.exec(lb, "readlink", "/usr/local/bin/dsrlb").stdout.strip()  # type: ignore[attr-defined]
-        assert link == "/opt/dsrlb/venv/bin/dsrlb"
-        shell = lab.exec(lb, "bash", "-lc", "dsrlb show vrrp --json")  # type: ignore[attr-defined]
-        assert json.loads(shell.stdout)["state"] in {"master", "backup"}
+        # The operator's view: log in to the balancer and ask the daemon.
+        shell = operator.ssh(address, "sudo dsrlb show vrrp --json")
+        assert shell.returncode == 0, shell.stdout + shell.stderr
+        states[lb] = json.loads(shell.stdout)["state"]
+    assert sorted(states.values()) == ["backup", "master"], states
     got = lab.exec("client", "curl", "-sS", "--max-time", "5", "http://172.16.1.10/")  # type: ignore[attr-defined]
     assert got.stdout.strip() in {"web1", "web2"}
 
-    again = inst.run("ansible-playbook", "-i", "inventory", "dsrlb.fleet.balancers", **env)
+    again = operator.playbook("dsrlb.fleet.balancers")
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"lb1\s*: ok=\d+\s+changed=0\s", again.stdout), again.stdout
