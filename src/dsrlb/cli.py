@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from dsrlb import __version__
+from dsrlb import release
 from dsrlb.vocabulary import DEFAULT_CONTROL, RELOAD, SHOW, SHOW_VIEWS, TARGET, TARGET_ACTIONS
 
 
@@ -80,7 +80,7 @@ DELEGATED = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsrlb", description="Direct Server Return load balancer")
-    parser.add_argument("--version", action="version", version=f"dsrlb {__version__}")
+    parser.add_argument("--version", action="version", version=release.describe())
     parser.add_argument(
         "-s",
         "--socket",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any
 
-from dsrlb import control, metrics, systemd, tables, views
+from dsrlb import __version__, control, metrics, release, systemd, tables, views
 from dsrlb.config.model import Config, Interface, Network
 from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
@@ -629,7 +629,7 @@ class Daemon:
             time.monotonic() - self.started,
             access="nftables" if self.kernel_forwards else "raw",
             restored=self.kernel.restored,
-        )
+        ) | {"version": __version__, "build": release.build()}  # the code this process runs
 
     def show_vrrp(self) -> dict[str, Any]:
         return self.failover.view()

@@ -11,7 +11,6 @@ import os
 import platform
 import time
 
-from dsrlb import __version__
 from dsrlb.views import ENDPOINTS, Endpoint, Status
 
 # (key of show stats, metric name, help) of the data plane's frame counters.
@@ -69,7 +68,12 @@ def render(daemon: Status) -> str:
     servers = daemon.show_servers()
     targets = daemon.show_targets()
     stats = daemon.show_stats()
-    info = {"version": __version__, "python": platform.python_version(), "access": stats["access"]}
+    info = {
+        "version": stats["version"],
+        "build": stats["build"],
+        "python": platform.python_version(),
+        "access": stats["access"],
+    }
     metric(
         "build_info",
         "gauge",

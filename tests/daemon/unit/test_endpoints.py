@@ -47,7 +47,7 @@ class FakeDaemon:
         return views.sessions(self.states, time.monotonic(), limit, client)
 
     def show_stats(self) -> dict[str, Any]:
-        return views.stats(Stats(), 0, self.generation, 1.0)
+        return views.stats(Stats(), 0, self.generation, 1.0) | {"version": "0.1.0", "build": "0" * 12}
 
     def show_vrrp(self) -> dict[str, Any]:
         return {"state": "disabled"}

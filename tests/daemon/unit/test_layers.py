@@ -20,7 +20,8 @@ ALLOWED = {
     "tables": {"config", "dataplane", "maglev", "selection", "vocabulary"},
     "views": {"config", "dataplane"},
     "control": {"views", "vocabulary"},
-    "metrics": {"views", "__version__"},  # the package's version string, for dsrlb_build_info
+    "metrics": {"views"},
+    "release": {"__version__"},  # the package's version string, for `dsrlb --version` and show stats
 }
 
 

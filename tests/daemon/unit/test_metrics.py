@@ -50,7 +50,8 @@ class FakeDaemon:
 
     def show_stats(self) -> dict[str, Any]:
         st = Stats(rx=40, tx=33, forwarded=30, arp_replies=2, icmp_replies=1, drops=Counter(no_target=4))
-        return views.stats(st, 5, self.generation, 10.0, endpoints={}, access="nftables", restored=1)
+        stats = views.stats(st, 5, self.generation, 10.0, endpoints={}, access="nftables", restored=1)
+        return stats | {"version": dsrlb.__version__, "build": "0123456789ab"}
 
     def show_vrrp(self) -> dict[str, Any]:
         return {
@@ -122,7 +123,10 @@ def test_values() -> None:
 
 def test_build_info_and_process_start_time() -> None:
     found = families(exposition())
-    labels = f'version="{dsrlb.__version__}",python="{platform.python_version()}",access="nftables"'
+    labels = (
+        f'version="{dsrlb.__version__}",build="0123456789ab",python="{platform.python_version()}",'
+        'access="nftables"'
+    )
     info = f"dsrlb_build_info{{{labels}}}"
     assert found["dsrlb_build_info"]["samples"] == {info: 1}
     (start,) = found["process_start_time_seconds"]["samples"].values()

@@ -785,7 +785,8 @@ def test_unclosed_block_is_reported_before_what_follows_from_it():
 
 def test_version():
     done = subprocess.run([str(DSRLB), "--version"], capture_output=True, text=True, check=False)
-    assert done.returncode == 0 and re.fullmatch(r"dsrlb \d+\.\d+\.\d+\S*\n", done.stdout)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"dsrlb \d+\.\d+\.\d+\S* \(build [0-9a-f]{12}\)\n", done.stdout)
 
 
 def test_unreadable_and_binary_files(tmp_path):
