@@ -8,6 +8,8 @@ playbooks/verify.yml needs no arping on the prober. Exit 0 also without answers;
     dsrlb-arp-probe.py ADDRESS [INTERFACE] [COUNT]
 """
 
+from __future__ import annotations  # `str | None` on the probers' Python 3.9 (Debian 11) too
+
 import fcntl
 import select
 import socket
