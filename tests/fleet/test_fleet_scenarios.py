@@ -122,3 +122,35 @@ def test_verify_by_name_probes_arp_from_the_router(fleet: LabRun) -> None:
     proc = fleet.ansible_cli("ansible-playbook", ["dsrlb.fleet.verify"], {})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "probed from router" in proc.stdout, proc.stdout
+
+
+def test_a_daemon_running_another_build_than_its_venv_is_restarted_not_reloaded(fleet: LabRun) -> None:
+    """As after a run that installed a new release and failed before its restart: lb2's venv holds other
+    code than its daemon runs (one line more in the installed sources). The next balancers.yml restarts
+    lb2's daemon onto the installed build instead of handing a config to the old code, and lb1 only if
+    it is stale too; a run after that changes nothing."""
+    release = "$(ls -d /opt/dsrlb/venv/lib/python3*/site-packages/dsrlb)/release.py"
+    fleet.exec("lb2", "sh", "-c", f"echo '# another build' >> {release}")
+    installed = fleet.exec("lb2", DSRLB, "--version").stdout.split("build ")[1].rstrip(")\n")
+
+    def pid(lb: str) -> str:
+        return fleet.exec(lb, "systemctl", "show", "-P", "MainPID", "dsrlb.service").stdout.strip()
+
+    def build(lb: str) -> str:
+        return json.loads(fleet.exec(lb, DSRLB, "show", "stats", "--json").stdout)["build"]
+
+    assert build("lb2") != installed
+    before = {lb: pid(lb) for lb in ("lb1", "lb2")}
+    proc = fleet.ansible_cli("ansible-playbook", ["playbooks/balancers.yml"], {})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    restarted = proc.stdout.split("TASK [dsrlb.fleet.balancer : Restart the daemon onto the installed build]")
+    assert len(restarted) == 3, "one such task per balancer (serial 1)"
+    assert "changed: [lb2]" in restarted[1] and "lb1" not in restarted[2].split("TASK [")[0].replace(
+        "skipping: [lb1]", ""
+    ), proc.stdout
+    assert build("lb2") == installed and pid("lb2") != before["lb2"]
+    assert pid("lb1") == before["lb1"]
+    again = fleet.ansible_cli("ansible-playbook", ["playbooks/balancers.yml"], {})
+    assert again.returncode == 0 and all(
+        "changed=0" in line for line in again.stdout.split("PLAY RECAP")[-1].splitlines() if "ok=" in line
+    ), again.stdout
