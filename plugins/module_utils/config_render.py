@@ -89,6 +89,8 @@ VRRP_KEYS = (
     ("version", "int"),
     ("peers", "iplist"),
 )
+# HA mode bgp (dsrlb extension): the daemon's TUN device, BIRD's control socket, grace seconds.
+BGP_KEYS = (("device", "word"), ("socket", "word"), ("grace", "number"))
 ITEM_FLAGS = ("id", "registered", "enabled")
 
 
@@ -345,7 +347,7 @@ _SETTING_KINDS = {float: "number", int: "int"}  # by the type of a `set` key's d
 
 def render(spec: dict[str, t.Any]) -> str:
     """Canonical config text for `spec` (keys: modules, settings, interfaces, networks, servers,
-    targets, vrrp), raising RenderError with the path of the first bad field."""
+    targets, and one HA block: vrrp or bgp), raising RenderError with the path of the first bad field."""
     modules = spec.get("modules") or derive_modules(spec)
     unknown = sorted(set(modules) - set(MODULES))
     if unknown:
@@ -369,6 +371,14 @@ def render(spec: dict[str, t.Any]) -> str:
         lines += _flag_lines(keyword, option, items)
 
     vrrp = {key: value for key, value in (spec.get("vrrp") or {}).items() if value is not None}
+    bgp = spec.get("bgp")
+    if vrrp and bgp is not None:
+        raise RenderError("vrrp, bgp: a balancer runs one HA mode; give either vrrp or bgp")
     if vrrp:
         lines += _block_lines("vrrp", "vrrp", VRRP_KEYS, vrrp, "vrrp", ())
+    if bgp is not None:  # an empty mapping is HA mode bgp with every default: `bgp {` `}`
+        if not isinstance(bgp, dict):
+            raise RenderError(f"bgp: expected a mapping (device, socket, grace), got {bgp!r}")
+        bgp = {key: value for key, value in bgp.items() if value is not None}
+        lines += _block_lines("bgp", "bgp", BGP_KEYS, bgp, "bgp", ())
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ SHOW = "show"
 TARGET = "target"
 RELOAD = "reload"
 COMMANDS = ("show", "target", "reload")
-SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp")
+SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp", "bgp")
 TARGET_ACTIONS = ("enable", "disable", "drain")
 DEFAULTS = {
     "set": {
@@ -37,6 +37,7 @@ DEFAULTS = {
     "server": {"method": "maglev", "session": 600.0},
     "target": {"weight": 1},
     "vrrp": {"advert": 1000, "preempt": True, "version": 3},
+    "bgp": {"device": "dsrlb0", "socket": "/run/bird/bird.ctl", "grace": 2.0},
 }
 SETTINGS = (
     "control",

@@ -267,6 +267,29 @@ options:
             and C(dsrlb check) warns.
         type: list
         elements: str
+  bgp:
+    description:
+      - The C(bgp { }) block (a dsrlb extension) for HA mode bgp, in which every balancer forwards and a BGP
+        speaker on the host (BIRD 2) announces the VIPs that the daemon puts on its TUN device O(bgp.device)
+        while it is ready, so the upstream router spreads clients over the balancers (ECMP).
+      - An empty mapping writes the block with every key at its default (C(bgp {) and C(})); omit the
+        option (or give null) for HA mode vrrp or a lone balancer. Not together with O(vrrp).
+    type: dict
+    suboptions:
+      device:
+        description:
+          - The TUN device the daemon creates and owns, holding the VIPs as /32 addresses while it is
+            ready; BIRD's C(protocol direct) exports them. Written only when not C(dsrlb0).
+        type: str
+      socket:
+        description:
+          - BIRD's control socket, read by C(dsrlb show bgp). Written only when not C(/run/bird/bird.ctl).
+        type: str
+      grace:
+        description:
+          - Seconds the daemon keeps forwarding after it withdrew the VIPs on a clean stop, while the
+            router moves the flows to the other balancers. Written only when not C(2).
+        type: float
   validate:
     description: Check the rendered text with C(dsrlb check) before installing it.
     type: bool
@@ -331,6 +354,19 @@ EXAMPLES = r"""
     group: dsrlb
     mode: "0640"
     backup: true
+
+- name: One of N active balancers behind an ECMP router (HA mode bgp; BIRD announces the VIPs)
+  dsrlb.fleet.balancer_config:
+    interfaces:
+      - {id: 1, name: eth0, access: nftables}
+    networks:
+      - {id: 1, addr: 172.16.1.0/24, real: 172.16.1.250, interface: 1}
+    servers:
+      - {id: 1, ipaddr: 172.16.1.10, port: 80, protocol: tcp, targets: [1, 2]}
+    targets:
+      - {id: 1, ipaddr: 172.16.1.100, port: 80, protocol: tcp, tcpopen: "80,3,10"}
+      - {id: 2, ipaddr: 172.16.1.101, port: 80, protocol: tcp, tcpopen: "80,3,10"}
+    bgp: {}
 
 - name: Render only (no daemon on the controller), show the diff
   dsrlb.fleet.balancer_config:
@@ -406,7 +442,7 @@ from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import (  #
     PROTOCOLS,
 )
 
-SECTIONS = ("modules", "settings", "interfaces", "networks", "servers", "targets", "vrrp")
+SECTIONS = ("modules", "settings", "interfaces", "networks", "servers", "targets", "vrrp", "bgp")
 DSRLB_FALLBACK_DIRS = ["/opt/dsrlb/venv/bin", "/usr/local/bin"]
 
 
@@ -510,6 +546,10 @@ def argument_spec() -> dict:
                 version=dict(type="int", choices=[2, 3]),
                 peers=dict(type="list", elements="str"),
             ),
+        ),
+        bgp=dict(
+            type="dict",
+            options=dict(device=dict(type="str"), socket=dict(type="str"), grace=dict(type="float")),
         ),
         validate=dict(type="bool", default=True),
         dsrlb_bin=dict(type="str", default="dsrlb"),
@@ -655,6 +695,8 @@ class BalancerConfig:
 
 
 def main() -> None:
+    # vrrp and bgp exclude each other (the renderer says so); not mutually_exclusive, which would refuse
+    # a role that passes both with one of them null.
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True, add_file_common_args=True)
     module.run_command_environ_update = dict(LANG="C", LC_ALL="C", LC_MESSAGES="C")
     module.exit_json(**BalancerConfig(module).run())

@@ -11,7 +11,8 @@ short_description: Read the state of a running dsrlb daemon
 version_added: "0.1.0"
 description:
   - Asks the daemon's control socket for its virtual servers, targets (health, administrative state,
-    sessions), session count, VRRP state and counters, for asserts in playbooks and for verification.
+    sessions), session count, VRRP state, BGP announcements and counters, for asserts in playbooks and
+    for verification.
 author:
   - dsrlb developers (@dsrlb)
 options:
@@ -19,8 +20,8 @@ options:
     description: What to ask for; everything by default.
     type: list
     elements: str
-    choices: [servers, targets, sessions, stats, vrrp]
-    default: [servers, targets, sessions, stats, vrrp]
+    choices: [servers, targets, sessions, stats, vrrp, bgp]
+    default: [servers, targets, sessions, stats, vrrp, bgp]
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - dsrlb.fleet.control
@@ -86,6 +87,15 @@ vrrp:
   returned: when gathered
   type: dict
   sample: {state: master}
+bgp:
+  description:
+    - HA mode bgp; C(state) is C(disabled) without a C(bgp { }) block. Otherwise C(vips) (each VIP with
+      C(announced) and the C(reason) when not), and C(protocols), BIRD's protocol states read from its
+      control socket (C(bird) says why they are missing when the socket cannot be reached).
+  returned: when gathered
+  type: dict
+  sample: {state: enabled, vips: [{vip: 172.16.1.10, announced: true, reason: ""}],
+           protocols: [{name: router, proto: BGP, state: up, info: Established}]}
 stats:
   description: Counters (C(rx), C(tx), C(forwarded), C(arp_replies), C(icmp_replies), C(drops), C(uptime)).
   returned: when gathered

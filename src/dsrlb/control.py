@@ -39,6 +39,8 @@ async def handle(daemon: Controlled, request: dict[str, Any]) -> dict[str, Any]:
             return _error(f"show what? one of {', '.join(SHOW_VIEWS)}")
         if what == "sessions":
             return await _sessions(daemon, request)
+        if what == "bgp":  # asks BIRD, off the event loop
+            return {"ok": True, "data": await daemon.show_bgp()}
         return {"ok": True, "data": getattr(daemon, f"show_{what}")()}
     if cmd == TARGET:
         action, tid = request.get("action"), request.get("id")
@@ -185,6 +187,8 @@ COLUMNS = {
         "detail",
     ],
     "sessions": ["server", "client", "target", "idle"],
+    "bgp.vips": ["vip", "announced", "reason"],
+    "bgp.protocols": ["name", "proto", "table", "state", "since", "info"],
 }
 
 
@@ -208,6 +212,12 @@ def _cell(value: Any) -> str:
 def render(what: str, data: Any) -> str:
     if what in COLUMNS:
         return table(data, COLUMNS[what])
+    if what == "bgp" and data.get("state") != "disabled":
+        head = {k: v for k, v in data.items() if k not in ("vips", "protocols")}
+        parts = [render("", head), table(data["vips"], COLUMNS["bgp.vips"])]
+        if data["protocols"]:
+            parts.append(table(data["protocols"], COLUMNS["bgp.protocols"]))
+        return "\n\n".join(parts)
     if isinstance(data, dict):
         flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
         lines = [f"{k:16} {_cell(v)}" for k, v in flat.items()]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any
 
-from dsrlb import __version__, control, metrics, release, systemd, tables, views
+from dsrlb import __version__, bgp, control, metrics, release, systemd, tables, views
 from dsrlb.config.model import Config, Interface, Network
 from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
@@ -133,6 +133,9 @@ class Daemon:
         self.addresses: list[IPv4Address] = []  # what we answer for, from the adopted config
         self.stopping: asyncio.Event | None = None
         self.exit_status = 0
+        self.tun: bgp.TunDevice | None = None  # HA mode bgp: the device whose addresses BIRD announces
+        self.bgp_reasons: dict[IPv4Address, str | None] = {}  # VIP -> None (announced) or why not
+        self.bgp_changes = 0  # addresses added to or removed from the device
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def main(self) -> int:
@@ -165,6 +168,10 @@ class Daemon:
                 return 1
         elif self.kernel.nft is None:
             log.warning("nft not found: the kernel of this host will also process VIP traffic")
+        if self.config.bgp is not None and (why := self._open_announcer(self.config.bgp.device)):
+            self.ring.close()
+            print(f"dsrlb: {why}", file=sys.stderr)
+            return 1
         try:
             plan = self._prepare(self.config, self.network)
         except StartupError as err:
@@ -210,6 +217,7 @@ class Daemon:
         await self.stopping.wait()
         systemd.notify("STOPPING=1")
         await self.failover.hand_over()
+        await self._withdraw()
         for task in tasks:
             task.cancel()
         for rt in self.runtime.values():
@@ -223,7 +231,36 @@ class Daemon:
         self.forwarder.stop()
         self.ring.close()
         self.arp_sock.close()
+        if self.tun is not None:
+            self.tun.close()
         return self.exit_status
+
+    async def _withdraw(self) -> None:
+        """HA mode bgp, clean stop: take the addresses off the device (BIRD withdraws the routes), then
+        keep forwarding for `grace` seconds while the router moves the flows to the other balancers
+        (which pick the same targets for them). A dead packet loop has nothing to keep forwarding."""
+        if self.tun is None:
+            return
+        assert self.config is not None and self.config.bgp is not None
+        self.rebuild()  # stopping: the device carries nothing from now on
+        if self.exit_status == 0:
+            log.info("bgp: withdrawn, forwarding for %.1f s more", self.config.bgp.grace)
+            await asyncio.sleep(self.config.bgp.grace)
+
+    def _open_announcer(self, device: str) -> str | None:
+        """HA mode bgp: create the announcement device; why not (None: done)."""
+        if self.kernel.nft is None:
+            return (
+                "HA mode bgp needs nft: its table keeps this host's kernel from answering ARP for the VIPs "
+                "that the announcement device carries (install the nftables package)"
+            )
+        self.tun = bgp.TunDevice(device)
+        try:
+            self.tun.open()
+        except OSError as err:
+            self.tun = None
+            return f"bgp device {device}: {err.strerror or err}"
+        return None
 
     def _fail(self, why: str) -> None:
         """The data path is dead: exit non-zero, so systemd restarts the daemon and `dsrlb resign` runs for
@@ -295,8 +332,15 @@ class Daemon:
         except StartupError as err:
             log.error("reload rejected, keeping generation %d: %s", self.generation, err)
             return False, [str(err)]
+        old_bgp = self.config.bgp if self.config else None
         if interface.name != self.interface.name:
             msg = f"{config.source}: changing the data interface needs a restart"
+            log.error("reload rejected: %s", msg)
+            return False, [msg]
+        if (config.bgp is None) != (old_bgp is None) or (
+            config.bgp and old_bgp and config.bgp.device != old_bgp.device
+        ):
+            msg = f"{config.source}: changing the HA mode or the bgp device needs a restart"
             log.error("reload rejected: %s", msg)
             return False, [msg]
         try:
@@ -409,15 +453,17 @@ class Daemon:
         self._rebuild_scheduled = False
         assert self.config is not None
         status = {tid: tables.TargetStatus(rt.up, rt.admin) for tid, rt in self.runtime.items()}
+        macs = self._macs()
         built = tables.build(
             self.config,
             self.network,
             status,
-            self._macs(),
+            macs,
             self.ring.mac,
             self.states,
             forwarding=self.failover.forwarding and self.warm,
             answering=self.failover.answering and self.warm,
+            arp=self.tun is None,
             selectors=self._selectors,
         )
         self._selectors = built.selectors
@@ -435,6 +481,29 @@ class Daemon:
                     log.error("nftables: table %s not updated: %s", self.kernel.name, err)
                 else:
                     self._fail(f"nftables: cannot write table {self.kernel.name}: {err}")
+        if self.tun is not None:
+            self._announce_vips(tables.servable(self.config, status, macs))
+
+    def _announce_vips(self, servable: dict[IPv4Address, bool]) -> None:
+        """HA mode bgp: the device carries the VIPs this node can serve now (after the table that
+        serves them is installed); BIRD announces what it carries."""
+        assert self.tun is not None
+        # Without our nftables table the kernel would answer ARP for the VIPs on the device and reset
+        # connections to them: such a node is not ready to announce.
+        ready = self.warm and self.kernel.installed is not None
+        stopping = self.stopping is not None and self.stopping.is_set()  # also a stop while warming up
+        reasons = bgp.decide(servable, ready, stopping)
+        try:
+            changed = self.tun.set(vip for vip, why in reasons.items() if why is None)
+        except OSError as err:
+            log.error("bgp: cannot update the addresses of %s: %s", self.tun.name, err)
+            return
+        if changed:
+            self.bgp_changes += changed
+            for vip, why in sorted(reasons.items()):
+                if self.bgp_reasons.get(vip, "") != why:
+                    log.info("bgp: %s %s", vip, "announced" if why is None else f"withdrawn ({why})")
+        self.bgp_reasons = reasons
 
     async def _watch_kernel(self) -> None:
         """Read the kernel's counters, and put our table back within a second when someone removed it
@@ -524,8 +593,8 @@ class Daemon:
 
     def _announce(self) -> None:
         """Gratuitous ARP for every address we answer for, so neighbours learn our MAC at once."""
-        if not self.failover.answering or not self.warm:
-            return
+        if not self.failover.answering or not self.warm or self.tun is not None:
+            return  # HA mode bgp: the router reaches the VIPs by routes, nobody is to learn our MAC for them
         assert self.config is not None
         for addr in tables.addresses(self.config, self.network):
             self.send(gratuitous_arp(self.ring.mac, addr.packed))
@@ -633,6 +702,20 @@ class Daemon:
 
     def show_vrrp(self) -> dict[str, Any]:
         return self.failover.view()
+
+    def bgp_status(self) -> dict[str, Any]:
+        if self.tun is None:
+            return {"state": "disabled"}
+        return {"state": "enabled", **bgp.view(self.tun.name, self.bgp_reasons, self.bgp_changes)}
+
+    async def show_bgp(self) -> dict[str, Any]:
+        """`show bgp`: what this node announces and why, with BIRD's protocol states (`bird` says why
+        they are missing when BIRD's control socket cannot be reached)."""
+        found = self.bgp_status()
+        if self.tun is not None and self.config is not None and self.config.bgp is not None:
+            found["socket"] = self.config.bgp.socket
+            found["bird"], found["protocols"] = await bgp.protocols(self.config.bgp.socket)
+        return found
 
 
 def run(path: str, control: str | None = None) -> int:

@@ -222,6 +222,20 @@ def render(daemon: Status) -> str:
             "VRRP frames dropped, by reason (not_a_peer, other_vrid, a malformed advert, ...).",
             [({**vrid, "reason": r}, n) for r, n in sorted(vrrp["drops"].items())],
         )
+    announcing = daemon.bgp_status()
+    if announcing["state"] != "disabled":
+        metric(
+            "bgp_announced",
+            "gauge",
+            "1 while this balancer puts the VIP on its announcement device (BIRD announces it), else 0.",
+            [({"vip": v["vip"]}, int(v["announced"])) for v in announcing["vips"]],
+        )
+        metric(
+            "bgp_announcement_changes_total",
+            "counter",
+            "VIP addresses added to or removed from the announcement device.",
+            [({}, announcing["changes"])],
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,29 @@ def addresses(config: Config, network: Network) -> list[IPv4Address]:
     return found
 
 
+def servable(
+    config: Config, status: Mapping[int, TargetStatus], macs: Mapping[bytes, bytes]
+) -> dict[IPv4Address, bool]:
+    """Per VIP of a serving virtual server: whether one of its targets could take a new connection now
+    (up, enabled, MAC known). HA mode bgp announces a VIP only then."""
+    found: dict[IPv4Address, bool] = {}
+    for server in config.servers.values():
+        if not server.serving:
+            continue
+        usable = False
+        for tid in server.targets:
+            st = status.get(tid)
+            if (
+                st is not None
+                and st.up
+                and st.admin == "enabled"
+                and config.targets[tid].ipaddr.packed in macs
+            ):
+                usable = True
+        found[server.ipaddr] = found.get(server.ipaddr, False) or usable
+    return found
+
+
 def build(
     config: Config,
     network: Network,
@@ -64,9 +87,10 @@ def build(
     *,
     forwarding: bool = True,
     answering: bool = True,
+    arp: bool = True,
     selectors: Mapping[tuple, Selector] | None = None,
 ) -> Built:
-    """The forwarding table for this moment.
+    """The forwarding table for this moment (`arp` False: answer ping but not ARP, HA mode bgp).
 
     `status` has an entry per serving target (a target without one is not served), `macs` maps a
     target's packed IPv4 address to its MAC, `states` holds each serving server's ServiceState (sessions
@@ -116,5 +140,6 @@ def build(
         flows=settings.flows,
         sessions=settings.sessions,
         embryonic=settings.embryonic,
+        arp=None if arp else frozenset(),
     )
     return Built(table, built)

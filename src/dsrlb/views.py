@@ -28,6 +28,8 @@ class Status(Protocol):
     ) -> dict[str, Any]: ...  # views.sessions
     def show_stats(self) -> dict[str, Any]: ...
     def show_vrrp(self) -> dict[str, Any]: ...
+    def bgp_status(self) -> dict[str, Any]: ...  # HA mode bgp: the announcements ({"state": "disabled"})
+    async def show_bgp(self) -> dict[str, Any]: ...  # bgp_status and BIRD's protocol states
 
 
 class TargetInfo(Protocol):

@@ -22,7 +22,7 @@ DEFAULT_CONTROL = "/run/dsrlb/control.sock"
 DEFAULT_METRICS = "127.0.0.1:9410"
 SHOW, TARGET, RELOAD = "show", "target", "reload"  # the commands, also `dsrlb` verbs
 COMMANDS = (SHOW, TARGET, RELOAD)
-SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp")
+SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp", "bgp")
 TARGET_ACTIONS = ("enable", "disable", "drain")
 
 # --- defaults ------------------------------------------------------------------------------------
@@ -45,6 +45,9 @@ DEFAULTS = {
     "server": {"method": METHODS[0], "session": 600.0},
     "target": {"weight": 1},
     "vrrp": {"advert": 1000, "preempt": True, "version": 3},
+    # HA mode bgp (a dsrlb extension): the TUN device whose /32 addresses BIRD announces, BIRD's control
+    # socket (read by `show bgp`), seconds of forwarding after the withdraw on a clean stop
+    "bgp": {"device": "dsrlb0", "socket": "/run/bird/bird.ctl", "grace": 2.0},
 }
 SETTINGS = tuple(DEFAULTS["set"])  # `set` keys, in canonical order
 

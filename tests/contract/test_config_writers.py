@@ -121,6 +121,9 @@ SPECS = {
         targets=[dict(target, weight=1, backup=False) for target in SEED["targets"]],
         vrrp=dict(vrid=1, priority=100, network=1, advert=1000, preempt=True, version=3, peers=[]),
     ),
+    "bgp": dict(SEED, bgp={}),
+    "bgp with keys": dict(SEED, bgp=dict(device="vips0", socket="/run/bird/other.ctl", grace=0.5)),
+    "bgp defaults spelled out": dict(SEED, bgp=dict(device="dsrlb0", socket="/run/bird/bird.ctl", grace=2)),
 }
 
 

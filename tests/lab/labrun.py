@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dsrlb_tools.lab.lab import Lab
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -78,19 +80,41 @@ class LabRun:
         return proc
 
 
+def lab_processes(lab: Lab) -> set[int]:
+    """Live processes in the lab's cgroup, as the kernel reports them in /proc (not the lab's records)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            groups = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if f"::/{lab.prefix}/" in groups:
+            found.add(int(proc.name))
+    return found
+
+
+def netns(prefix: str) -> list[str]:
+    """Named network namespaces starting with ``prefix`` (a lab's switches)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
 def new_state_dir(tag: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"dsrlab-{tag}-", dir="/tmp"))
 
 
 @contextlib.contextmanager
-def private_lab(tag: str) -> Iterator[LabRun]:
-    """A booted lab in a state directory unique to the run, always brought down with its disks deleted,
-    also when tests fail; skips the tests that need it when not root."""
+def private_lab(tag: str, topology: str | None = None) -> Iterator[LabRun]:
+    """A booted lab (the default topology, or ``topology``: a packaged name or a file) in a state
+    directory unique to the run, always brought down with its disks deleted, also when tests fail;
+    skips the tests that need it when not root."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     run = LabRun(new_state_dir(tag))
     try:
-        run.lab("up")
+        run.lab("up", *(["--topology", topology] if topology else []))
         yield run
     finally:
         run.lab("down", "--purge", check=False)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labrun import BIN, LabRun, new_state_dir
+from labrun import BIN, LabRun, lab_processes, netns, new_state_dir
 
 from dsrlb_tools.lab.lab import Lab
 
@@ -30,26 +30,6 @@ def own_lab() -> Iterator[LabRun]:
         run.lab("down", "--purge", check=False)
 
 
-def _lab_processes(lab: Lab) -> set[int]:
-    """Live processes in the lab's cgroup, as the kernel reports them in /proc (not the lab's records)."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            groups = (proc / "cgroup").read_text()
-        except OSError:
-            continue
-        if f"::/{lab.prefix}/" in groups:
-            found.add(int(proc.name))
-    return found
-
-
-def _netns(prefix: str) -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
-
-
 def test_up_after_kill9_and_a_clean_down(own_lab: LabRun) -> None:
     lab = Lab(own_lab.state_dir)
     starting = subprocess.Popen(
@@ -58,12 +38,12 @@ def test_up_after_kill9_and_a_clean_down(own_lab: LabRun) -> None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
-    while not _lab_processes(lab) and time.monotonic() < deadline:  # some hosts are mid-boot
+    while not lab_processes(lab) and time.monotonic() < deadline:  # some hosts are mid-boot
         time.sleep(0.05)
     time.sleep(0.3)
     starting.kill()
     starting.wait()
-    victims = _lab_processes(lab)
+    victims = lab_processes(lab)
     assert victims, "the interrupted up had started no host"
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):  # a pre-init may exit on its own meanwhile
@@ -77,13 +57,13 @@ def test_up_after_kill9_and_a_clean_down(own_lab: LabRun) -> None:
 
     own_lab.lab("down")
     deadline = time.monotonic() + 5
-    while _lab_processes(lab) and time.monotonic() < deadline:
+    while lab_processes(lab) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _lab_processes(lab)
+    assert not lab_processes(lab)
     for host in status.values():  # gone, or a zombie waiting for the machine's init to reap it
         state = Path(f"/proc/{host['pid']}/stat")
         assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    assert not _netns(lab.prefix)
+    assert not netns(lab.prefix)
     assert str(own_lab.state_dir) not in Path("/proc/self/mountinfo").read_text()
     assert not lab.cgroup_dir().exists()
     assert (own_lab.state_dir / "hosts" / "web1" / "upper").is_dir()  # disks stay until --purge

@@ -72,6 +72,56 @@ def test_mistakes_are_named_by_field(change, message: str) -> None:
         topology.parse(_broken(change))
 
 
+def _broken_ecmp(change) -> dict:
+    data = yaml.safe_load(topology.packaged_path("ecmp").read_text())
+    change(data)
+    return data
+
+
+def _router(d: dict) -> dict:
+    return d["hosts"]["router"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: _router(d)["bgp"].update(asn=0), "hosts.router.bgp.asn: 0 is not an AS number"),
+        (lambda d: _router(d)["bgp"].update(asn=4294967296), "hosts.router.bgp.asn"),
+        (lambda d: _router(d)["bgp"]["neighbors"][1].update(asn="x"), "hosts.router.bgp.neighbors[1].asn"),
+        (lambda d: _router(d)["bgp"]["neighbors"][0].update(host="lb9"), "neighbors[0].host: 'lb9' is not"),
+        (lambda d: _router(d)["bgp"]["neighbors"][0].update(address="172.16.1.9"), "not both or neither"),
+        (
+            lambda d: _router(d)["bgp"]["neighbors"].append({"address": "10.9.9.9", "asn": 65001}),
+            "neighbors[4].address: 10.9.9.9 is not on any segment of router",
+        ),
+        (
+            lambda d: _router(d)["bgp"]["neighbors"].append({"address": "172.16.1.252", "asn": 65001}),
+            "172.16.1.252 is already a neighbor",
+        ),
+        (lambda d: _router(d)["bgp"].update(bfd="yes"), "hosts.router.bgp.bfd: must be true or false"),
+        (lambda d: _router(d)["bgp"].update(colour=1), "hosts.router.bgp.colour: unknown field"),
+        (lambda d: _router(d)["sysctl"].update({"kernel.panic": 1}), "only the host's own network sysctls"),
+        (
+            lambda d: _router(d)["sysctl"].update({"net.ipv4.x": "1;rm"}),
+            "hosts.router.sysctl.net.ipv4.x: bad value",
+        ),
+    ],
+)
+def test_bgp_and_sysctl_mistakes_are_named_by_field(change, message: str) -> None:
+    with pytest.raises(topology.TopologyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        topology.parse(_broken_ecmp(change))
+
+
+def test_topology_by_name_or_path(tmp_path: Path) -> None:
+    assert {"default", "ecmp"} <= set(topology.packaged())
+    assert topology.resolve("ecmp") == topology.packaged_path("ecmp")
+    assert topology.resolve(None) == topology.default_path()
+    own = tmp_path / "mine.yml"
+    assert topology.resolve(str(own)) == own
+    with pytest.raises(topology.TopologyError, match="ecmq: no such topology file.*packaged: .*ecmp"):
+        topology.resolve("ecmq")
+
+
 def test_cli_reports_a_bad_file_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text(yaml.safe_dump(_broken(lambda d: d["hosts"]["web1"].update(gateway="not-an-ip"))))

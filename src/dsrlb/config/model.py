@@ -13,8 +13,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from dsrlb.vocabulary import DEFAULTS
 
-_SET, _INTERFACE, _SERVER, _TARGET, _VRRP = (
-    DEFAULTS[kind] for kind in ("set", "interface", "server", "target", "vrrp")
+_SET, _INTERFACE, _SERVER, _TARGET, _VRRP, _BGP = (
+    DEFAULTS[kind] for kind in ("set", "interface", "server", "target", "vrrp", "bgp")
 )
 
 
@@ -110,6 +110,16 @@ class Vrrp:
 
 
 @dataclass(frozen=True)
+class Bgp:
+    """HA mode bgp (dsrlb extension): every balancer forwards; BIRD announces the VIPs that the daemon
+    puts on its TUN device `device` while it can serve them (see dsrlb.bgp)."""
+
+    device: str = _BGP["device"]  # TUN device the daemon owns; BIRD's `protocol direct` watches it
+    socket: str = _BGP["socket"]  # BIRD's control socket, read by `dsrlb show bgp`
+    grace: float = _BGP["grace"]  # seconds of forwarding after the withdraw on a clean stop
+
+
+@dataclass(frozen=True)
 class Settings:
     """`set` keys. Unknown keys are config errors."""
 
@@ -134,5 +144,6 @@ class Config:
     servers: dict[int, Server] = field(default_factory=dict)
     targets: dict[int, Target] = field(default_factory=dict)
     vrrp: Vrrp | None = None
+    bgp: Bgp | None = None  # HA mode bgp; at most one of vrrp and bgp
     comments: tuple[str, ...] = ()  # the `//` lines before the first statement, which `render` keeps
     warnings: tuple[str, ...] = ()  # "FILE:LINE:COL: warning: ..." lines (e.g. gateway in DSR mode)

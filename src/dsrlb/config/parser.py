@@ -234,11 +234,11 @@ def _ifname(it: _Item) -> str:
     return it.text
 
 
-def _control(it: _Item) -> str:
+def _control(it: _Item, what: str = "control socket") -> str:
     if not it.text.startswith("/"):
-        raise _Fail(it, f"bad control socket {_show(it.text)}: expected an absolute path")
+        raise _Fail(it, f"bad {what} {_show(it.text)}: expected an absolute path")
     if len(it.text.encode()) > _CONTROL_MAX:
-        raise _Fail(it, f"control socket path is longer than {_CONTROL_MAX} bytes")
+        raise _Fail(it, f"{what} path is longer than {_CONTROL_MAX} bytes")
     return it.text
 
 
@@ -361,6 +361,10 @@ def _build_target(b: _Block, flags: dict[str, bool]) -> model.Target:
     return model.Target(b.id, checks=checks, **v, **flags)
 
 
+def _build_bgp(b: _Block) -> model.Bgp:
+    return model.Bgp(**b.values)
+
+
 def _build_vrrp(b: _Block) -> model.Vrrp:
     v = dict(b.values)
     if "advert" in v:
@@ -460,6 +464,14 @@ _KINDS: dict[str, _Kind] = {
         has_id=False,
         module="vrrp",
         check=_check_vrrp,
+    ),
+    "bgp": _Kind(
+        {
+            "device": ("device IFNAME", _ifname),
+            "socket": ("socket PATH", partial(_control, what="BIRD socket")),
+            "grace": ("grace SECONDS", partial(_seconds, what="grace")),
+        },
+        has_id=False,
     ),
     "gateway": _Kind(
         {"ipaddr": ("ipaddr ADDRESS", _host), "ping": ("ping INTERVAL,TIMEOUT", _ping)},
@@ -711,6 +723,7 @@ class _Parser:
             if "network" in b.values and b.values["network"] not in networks:
                 self._error(b.items["network"], f"network {b.values['network']} is not defined")
             self._check_peers(b, networks.get(b.values.get("network")))
+        self._check_ha_mode()
         self._check_servers()
         self._check_access()
         self._check_capacity()
@@ -735,6 +748,19 @@ class _Parser:
             for key, what in (("real", "this balancer's own address"), ("virt", "the shared address")):
                 if str(network.values.get(key)) == el.text:
                     self._error(el, f"peer {el.text} is {what} ({key} of network {network.id})")
+
+    def _check_ha_mode(self) -> None:
+        """One HA mode per balancer: VRRP moves the addresses between two nodes by ARP, BGP has every node
+        announce them to a router; both at once would have the VRRP backup attract traffic too."""
+        vrrp, bgp = self.blocks["vrrp"].get(None), self.blocks["bgp"].get(None)
+        if vrrp is None or bgp is None:
+            return
+        first, second = sorted((vrrp, bgp), key=lambda b: (b.head.line, b.head.col))
+        self._error(
+            second.head,
+            f"mixed HA modes: {second.kind} and {first.kind} (line {first.head.line}) in one file; "
+            "keep one of the two blocks",
+        )
 
     def _check_modules(self) -> None:
         if self.modules is None:
@@ -934,7 +960,7 @@ class _Parser:
             assert build is not None
             return {i: build(b, self.flags.get((kind, i), {})) for i, b in self.blocks[kind].items()}
 
-        vrrp = self.blocks["vrrp"].get(None)
+        vrrp, bgp = self.blocks["vrrp"].get(None), self.blocks["bgp"].get(None)
         assert self.modules is not None
         return model.Config(
             source=source,
@@ -945,6 +971,7 @@ class _Parser:
             servers=objects("server"),
             targets=objects("target"),
             vrrp=_build_vrrp(vrrp) if vrrp else None,
+            bgp=_build_bgp(bgp) if bgp else None,
             comments=self.comments,
             warnings=tuple(
                 f"{source}:{line}:{col}: {message}" for line, col, message in sorted(self.warnings)
@@ -1091,6 +1118,14 @@ def _vrrp_keys(vrrp: model.Vrrp) -> list[_Key]:
     ]
 
 
+def _bgp_keys(bgp: model.Bgp) -> list[_Key]:
+    return [
+        ("device", bgp.device, _word(bgp.device)),
+        ("socket", bgp.socket, _word(bgp.socket)),
+        ("grace", bgp.grace, _num(bgp.grace)),
+    ]
+
+
 def _block_text(head: str, kind: str, keys: list[_Key]) -> list[str]:
     """A blank line, then the block with the keys that are set and differ from their default."""
     default = DEFAULTS.get(kind, {})
@@ -1118,11 +1153,12 @@ def render(config: model.Config) -> str:
     `set KEY VALUE` line per setting that differs from its default; per kind (interface, network,
     server, target) each block by id, preceded by a blank line, then `register` and `enable` with the
     sorted ids of the objects that have the flag (singular kind for one id, plural with `1,2` / `1-4`
-    lists otherwise); last the vrrp block. Blocks hold one `key value` per line, indented by four
-    spaces, in the order of the language reference, health checks as tcpopen, ping, http; optional keys
-    appear only when they differ from their default in `vocabulary.DEFAULTS` (`dsr enable` and `backup`
-    when set). Masks are dotted, id lists use ranges for runs of three or more, seconds are written
-    without a fraction when whole. Strings are bare words when possible, else quoted; a string with `"`
+    lists otherwise); last the HA block, vrrp or bgp (a file has at most one). Blocks hold one
+    `key value` per line, indented by four spaces, in the order of the language reference, health
+    checks as tcpopen, ping, http; optional keys appear only when they differ from their default in
+    `vocabulary.DEFAULTS` (`dsr enable` and `backup` when set). Masks are dotted, id lists use ranges
+    for runs of three or more, seconds are written without a fraction when whole. Strings are bare
+    words when possible, else quoted; a string with `"`
     or a line break is a ValueError.
     """
     out = [*config.comments, f"modules {','.join(name for name in MODULES if name in config.modules)}"]
@@ -1141,4 +1177,6 @@ def render(config: model.Config) -> str:
         out += _flag_lines(kind, table)
     if config.vrrp:
         out += _block_text("vrrp", "vrrp", _vrrp_keys(config.vrrp))
+    if config.bgp:
+        out += _block_text("bgp", "bgp", _bgp_keys(config.bgp))
     return "\n".join(out) + "\n"

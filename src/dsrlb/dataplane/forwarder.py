@@ -155,6 +155,9 @@ class ForwardingTable:
     flows: int = 262144
     sessions: int = 262144
     embryonic: float = 5.0
+    # addresses we answer ARP for, None: those of `answer`. HA mode bgp answers none: the router reaches
+    # the VIPs by routes to the balancers, and an ARP answer would pull traffic past ECMP.
+    arp: frozenset[bytes] | None = None
 
 
 @dataclass
@@ -457,7 +460,7 @@ class Forwarder:
                     op, sha, spa, tha, tpa = ARP.unpack_from(mm, f + 20)
                     if spa in table.neighbors:
                         self._heard(spa, sha, op == 2 and tha == own, now)
-                    if op == 1 and tpa in table.answer and spa != tpa:
+                    if op == 1 and tpa in (table.answer if table.arp is None else table.arp) and spa != tpa:
                         send(arp_frame(2, own, tpa, sha, spa))
                         stats.arp_replies += 1
                 else:

@@ -1,9 +1,9 @@
 """The balancer kernel's netdev ingress table on the data interface, the only one dsrlb writes.
 
-In both access modes it drops traffic to the VIPs and `virt` before the balancer's own IP stack sees
-it (the daemon's packet socket sees every frame before the ingress hook, so ARP, ping and, with
-`access raw`, the forwarded traffic still reach it). With `access nftables` it also forwards each
-virtual server's traffic in the kernel, as the Python forwarder would:
+In both access modes it drops traffic to the VIPs and `virt`, and ARP requests for them, before the
+balancer's own IP stack sees it (the daemon's packet socket sees every frame before the ingress hook,
+so ARP, ping and, with `access raw`, the forwarded traffic still reach it). With `access nftables` it
+also forwards each virtual server's traffic in the kernel, as the Python forwarder would:
 
 - a flow map (`set flows` entries, shared by all virtual servers) keeps a connection on its target
   while that target is up and enabled, also while it drains;
@@ -142,6 +142,10 @@ def transaction(new: Ruleset, old: Ruleset | None, table: str) -> str:
             "ip daddr . meta l4proto . th dport vmap @services"
         )
     out.append(f"add rule {t} ingress ip daddr @addresses drop")
+    # ARP for them too: with HA mode bgp the VIPs are local addresses of the balancer (on the announcement
+    # device), which its kernel would answer ARP for on every interface (arp_ignore 0); only the daemon
+    # decides who answers ARP for a VIP.
+    out.append(f"add rule {t} ingress arp operation request arp daddr ip @addresses drop")
     # 2. Delete what the new ruleset no longer has (nothing refers to it any more).
     names = {s.name for s in new.services}
     for name in old_services:

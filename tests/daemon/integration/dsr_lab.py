@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,8 +84,15 @@ class Lab:
         self.macs: dict[str, str] = {}
 
     def build(self) -> None:
+        self.build_edge()
+        self.add_balancer("balancer", "172.16.1.252")
+        self.build_targets()
+        self.macs = {host: self.topo.mac(host) for host in ("router", "balancer", *WEBS)}
+
+    def build_edge(self) -> None:
+        """The router between the LAN and the client, and the client with all its source addresses."""
         t = self.topo
-        for host in ("router", "client", "balancer", *WEBS):
+        for host in ("router", "client"):
             t.add_host(host)
         t.connect("router", addrs=["172.16.1.254/24"])
         t.link("router", "eth1", "client", "eth0", ["198.18.0.1/24"], ["198.18.0.10/24"])
@@ -92,16 +100,24 @@ class Lab:
             t.addr("client", f"{src}/24")
         t.route("client", "default", "via", "198.18.0.1")
         t.sysctl("router", {"net.ipv4.ip_forward": 1})
-        t.connect("balancer", addrs=["172.16.1.252/24"])
-        t.route("balancer", "default", "via", "172.16.1.254")
-        t.sysctl("balancer", {"net.ipv4.ip_forward": 0})
+
+    def add_balancer(self, host: str, real: str) -> None:
+        t = self.topo
+        t.add_host(host)
+        t.connect(host, addrs=[f"{real}/24"])
+        t.route(host, "default", "via", "172.16.1.254")
+        t.sysctl(host, {"net.ipv4.ip_forward": 0})
+
+    def build_targets(self) -> None:
+        """The web servers, each with the VIP on lo and the ARP sysctls of a DSR target."""
+        t = self.topo
         for name, addr in WEBS.items():
+            t.add_host(name)
             t.connect(name, addrs=[f"{addr}/24"])
             t.addr(name, f"{VIP}/32", "lo")
             t.route(name, "default", "via", "172.16.1.254")
             t.sysctl(name, {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2})
             self.start_web(name)
-        self.macs = {host: t.mac(host) for host in ("router", "balancer", *WEBS)}
 
     def start_web(self, name: str) -> None:
         self.webs[name] = self.topo.popen(
@@ -117,31 +133,27 @@ class Lab:
 
     def start_daemon(self) -> None:
         self.conf.write_text(self.config_text())
-        with self.log.open("w") as log:
-            self.daemon = self.topo.popen(
-                "balancer",
-                DSRLB,
-                "-s",
-                str(self.sock),
-                "run",
-                "-c",
-                str(self.conf),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.daemon = self.run_daemon("balancer", self.conf, self.sock, self.log)
         self.wait_targets({1: "up", 2: "up"}, timeout=20)
+
+    def run_daemon(self, host: str, conf: Path, sock: Path, log: Path) -> subprocess.Popen[str]:
+        """`dsrlb run` in `host` with its control socket at `sock`, stdout and stderr to `log`."""
+        with log.open("w") as out:
+            return self.topo.popen(
+                host, DSRLB, "-s", str(sock), "run", "-c", str(conf), stdout=out, stderr=subprocess.STDOUT
+            )
 
     def daemon_log(self) -> str:
         return self.log.read_text()[-3000:]
 
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """The `dsrlb` client against this lab's control socket."""
+    def ctl(self, *args: str, sock: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """The `dsrlb` client against this lab's control socket (or another daemon's `sock`)."""
         return subprocess.run(
-            [DSRLB, "-s", str(self.sock), *args], capture_output=True, text=True, timeout=15
+            [DSRLB, "-s", str(sock or self.sock), *args], capture_output=True, text=True, timeout=15
         )
 
-    def show(self, what: str) -> object:
-        res = self.ctl("show", what, "--json")
+    def show(self, what: str, sock: Path | None = None) -> Any:
+        res = self.ctl("show", what, "--json", sock=sock)
         assert res.returncode == 0, f"show {what} failed: {res.stderr}\n{self.daemon_log()}"
         return json.loads(res.stdout)
 

@@ -52,6 +52,12 @@ class FakeDaemon:
     def show_vrrp(self) -> dict[str, Any]:
         return {"state": "disabled"}
 
+    def bgp_status(self) -> dict[str, Any]:
+        return {"state": "disabled"}
+
+    async def show_bgp(self) -> dict[str, Any]:
+        return self.bgp_status()
+
     async def reload(self) -> tuple[bool, list[str]]:
         return True, []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import mmap
 import os
@@ -282,6 +283,19 @@ def test_answers_arp_for_vip_and_virt_only() -> None:
             "172.16.1.254",
             CLIENT_MAC,
         )
+
+
+def test_bgp_mode_answers_no_arp_but_ping_and_forwards() -> None:
+    """HA mode bgp: the router routes VIP traffic to every balancer; none may pull it by ARP."""
+    h = Harness()
+    h.fwd.install(dataclasses.replace(h.fwd.table, arp=frozenset()))
+    ask = Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=CLIENT_MAC, psrc="172.16.1.254", pdst=VIP
+    )
+    ping = Ether(src=CLIENT_MAC, dst=OWN) / IP(src="198.18.0.10", dst=VIP) / ICMP(id=7, seq=3)
+    out = h.run(bytes(ask), bytes(ping), udp())
+    assert [Ether(f)[IP].proto if IP in Ether(f) else "arp" for f in out] == [1, 17]
+    assert h.fwd.stats.arp_replies == 0 and h.fwd.stats.forwarded == 1
 
 
 def test_learns_target_macs_from_arp() -> None:

@@ -63,6 +63,16 @@ class FakeDaemon:
             "drops": {"not_a_peer": 1},
         }
 
+    def bgp_status(self) -> dict[str, Any]:
+        vips = [
+            {"vip": "172.16.1.10", "announced": True, "reason": ""},
+            {"vip": "172.16.1.11", "announced": False, "reason": "no healthy target"},
+        ]
+        return {"state": "enabled", "device": "dsrlb0", "changes": 3, "vips": vips}
+
+    async def show_bgp(self) -> dict[str, Any]:
+        return self.bgp_status()
+
 
 def exposition() -> str:
     return metrics.render(FakeDaemon()) + metrics.endpoint_metrics({"metrics": views.Endpoint(4)})

@@ -138,6 +138,37 @@ def test_vrrp_peers_are_written_sorted_and_left_out_when_empty(peers, line):
     assert text.endswith(f"\nvrrp {{\n    vrid 7\n    priority 200\n    network 1\n{line}}}\n")
 
 
+@pytest.mark.parametrize(
+    "bgp, block",
+    [
+        ({}, "bgp {\n}\n"),
+        (dict(device=None, socket=None, grace=None), "bgp {\n}\n"),  # what the module passes for {}
+        (dict(device="dsrlb0", socket="/run/bird/bird.ctl", grace=2), "bgp {\n}\n"),  # defaults
+        (dict(device="vips0", grace=0.5), "bgp {\n    device vips0\n    grace 0.5\n}\n"),
+        (dict(socket="/run/bird2.ctl", grace=3.0), "bgp {\n    socket /run/bird2.ctl\n    grace 3\n}\n"),
+    ],
+)
+def test_bgp_block_comes_last_with_keys_at_their_default_left_out(bgp, block):
+    text = render(dict(SEED, bgp=bgp))
+    assert text.endswith("\n\n" + block)
+    assert "vrrp" not in text
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(vrrp=dict(vrid=1, priority=1, network=1), bgp={}), r"vrrp, bgp: a balancer runs one HA mode"),
+        (dict(bgp=dict(device="dsr lb0")), r"bgp\.device: 'dsr lb0' must be a single word"),
+        (dict(bgp=dict(grace=-1)), r"bgp\.grace: expected a non-negative number"),
+        (dict(bgp=dict(asn=65001)), r"bgp: unknown key\(s\) asn"),
+        (dict(bgp="on"), r"bgp: expected a mapping"),
+    ],
+)
+def test_bad_bgp_input_names_the_field(change, message):
+    with pytest.raises(RenderError, match=message):
+        render(dict(SEED, **change))
+
+
 def test_modules_are_derived_from_use_unless_given():
     assert derive_modules({}) == ["arp", "slb"]
     assert derive_modules(dict(targets=[dict(id=1, ping="1,3")], vrrp=dict(vrid=1))) == [

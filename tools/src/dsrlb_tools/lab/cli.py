@@ -25,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsrlb lab", description="the embedded lab fleet")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", parents=[common], help="boot every host of the topology (idempotent)")
-    p.add_argument("--topology", help="topology YAML (default: the packaged one, mirroring the seed network)")
+    p.add_argument(
+        "--topology",
+        help="topology YAML file, or the name of a packaged one: default (mirrors the seed network), "
+        "ecmp (BGP balancers behind an ECMP router)",
+    )
     p = sub.add_parser(
         "down", parents=[common], help="stop every host, remove namespaces, veths and cgroups (idempotent)"
     )

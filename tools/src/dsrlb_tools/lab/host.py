@@ -41,7 +41,10 @@ for d in null zero full random urandom tty; do
     touch "$root/dev/$d"
     mount --bind "/dev/$d" "$root/dev/$d"
 done
-mkdir "$root/dev/pts" "$root/dev/shm"
+mkdir "$root/dev/pts" "$root/dev/shm" "$root/dev/net"
+# TUN devices (the daemon's dsrlb0 in HA mode bgp): a node of the host's own, 0666 as udev makes it on a
+# Debian host (a bind mount of this machine's would share its mode).
+mknod -m 0666 "$root/dev/net/tun" c 10 200
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
 ln -s pts/ptmx "$root/dev/ptmx"
 ln -s /proc/self/fd "$root/dev/fd"

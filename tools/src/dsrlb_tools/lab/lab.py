@@ -249,7 +249,21 @@ def _raw(topo: Topology) -> dict:
                 ],
                 **({"gateway": str(h.gateway)} if h.gateway else {}),
                 "routes": [{"to": str(r.to), "via": str(r.via)} for r in h.routes],
+                **({"sysctl": dict(h.sysctl)} if h.sysctl else {}),
+                **({"bgp": _raw_bgp(h.bgp)} if h.bgp else {}),
             }
             for h in topo.hosts.values()
         },
+    }
+
+
+def _raw_bgp(bgp: topology.Bgp) -> dict:
+    return {
+        "asn": bgp.asn,
+        "router_id": str(bgp.router_id),
+        "bfd": bgp.bfd,
+        "neighbors": [
+            {"host": n.host, "asn": n.asn} if n.host else {"address": str(n.address), "asn": n.asn}
+            for n in bgp.neighbors
+        ],
     }

@@ -3,10 +3,12 @@ run inside a lab host's network namespace (`dsrlb lab load HOST VIP`). Stdlib on
 
 Each attempt is independent of the others (a slow or lost one never delays the next) and has its own
 TIMEOUT for connect + request + complete reply; attempts cycle through the given source addresses, so
-a balancer sees many clients. It says "ready" once the first attempt is on its way and stops when its
-stdin is closed, when the stop file appears, or after at most MAX seconds. Then it prints one JSON
-object: the attempts as [start, end, ok, who, source] with monotonic times (the lab shares the
-machine's clock; `who` is the first line of the body, the server's name) and a summary.
+a balancer sees many clients. With --hold S each connection lives S seconds (its request trickles in),
+for flows that must survive a change of the path under them. It says "ready" once the first attempt is
+on its way and stops when its stdin is closed, when the stop file appears, or after at most MAX seconds
+(open connections run to their end). Then it prints one JSON object: the attempts as [start, end, ok,
+who, source] with monotonic times (the lab shares the machine's clock; `who` is the first line of the
+body, the server's name) and a summary.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ import time
 POLL = 0.05  # how often the stop file is looked for
 
 
-async def attempt(vip: str, port: int, source: str | None, timeout: float) -> list:
+async def attempt(vip: str, port: int, source: str | None, timeout: float, hold: float = 0.0) -> list:
+    """One connection and GET; with ``hold`` the request trickles in for that many seconds (a byte a
+    second), so the connection lives that long with packets in both directions."""
     start = time.monotonic()
     who = ""
     writer = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout + hold):
             local = (source, 0) if source else None
             reader, writer = await asyncio.open_connection(vip, port, local_addr=local)
-            writer.write(f"GET / HTTP/1.0\r\nHost: {vip}\r\n\r\n".encode())
+            writer.write(f"GET / HTTP/1.0\r\nHost: {vip}\r\nX-Hold: ".encode())
+            for _ in range(int(hold)):  # one header line a byte a second (servers cap the header count)
+                await writer.drain()
+                await asyncio.sleep(1.0)
+                writer.write(b"x")
+            writer.write(b"\r\n\r\n")
             reply = await reader.read()
         head, _, body = reply.partition(b"\r\n\r\n")
         ok = head.startswith(b"HTTP/1.") and head.split(b" ", 2)[1:2] == [b"200"]
@@ -59,13 +68,13 @@ async def run(args: argparse.Namespace) -> list:
         threading.Thread(
             target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True
         ).start()
-    loop.call_later(args.max_seconds, stop.set)
+    loop.call_later(args.max_seconds, stop.set)  # stops new attempts; open ones run to their end
     sources = args.sources.split(",") if args.sources else [None]
     tasks = []
     first = time.monotonic()
     while not stop.is_set():
         source = sources[len(tasks) % len(sources)]
-        tasks.append(asyncio.create_task(attempt(args.vip, args.port, source, args.timeout)))
+        tasks.append(asyncio.create_task(attempt(args.vip, args.port, source, args.timeout, args.hold)))
         if len(tasks) == 1:
             print("ready", flush=True)
         # absolute schedule: attempts stay INTERVAL apart however long each one takes
@@ -107,6 +116,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--interval", type=float, default=0.02)
     parser.add_argument("--timeout", type=float, default=0.3)
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="keep each connection open this many seconds, its request trickling in (long-lived flows)",
+    )
     parser.add_argument("--sources", default="", help="comma-separated source addresses to cycle through")
     parser.add_argument("--stop-file", default="", help="stop when this file exists (stdin is ignored)")
     parser.add_argument("--max-seconds", type=float, default=600.0)

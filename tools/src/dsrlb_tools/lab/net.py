@@ -53,8 +53,9 @@ def mac(lab_id: str, host: str, ifname: str) -> str:
 
 
 def wire(lab_id: str, switch_of: dict[str, str], host: Host, pid: int) -> None:
-    """Plug a freshly booted host in: veths to its segments' bridges, then addresses, routes and
-    forwarding inside its namespace (the lab's "hardware and DHCP", redone at every boot)."""
+    """Plug a freshly booted host in: veths to its segments' bridges, then addresses, routes,
+    forwarding and the topology's network sysctls inside its namespace (the lab's "hardware and
+    DHCP", redone at every boot)."""
     for iface in host.interfaces:
         switch = switch_of[iface.segment]
         # A veth from the host's previous boot disappears with its namespace; a leftover of a
@@ -89,4 +90,5 @@ def wire(lab_id: str, switch_of: dict[str, str], host: Host, pid: int) -> None:
     batch += [f"route add {r.to} via {r.via}" for r in host.routes]
     inside = ["nsenter", "-t", str(pid), "-n"]
     run([*inside, "ip", "-batch", "-"], stdin="\n".join(batch) + "\n")
-    run([*inside, "sysctl", "-q", "-w", f"net.ipv4.ip_forward={int(host.forward)}"])
+    settings = [f"net.ipv4.ip_forward={int(host.forward)}", *(f"{k}={v}" for k, v in host.sysctl)]
+    run([*inside, "sysctl", "-q", "-w", *settings])

@@ -4,7 +4,7 @@ The machine's `/etc/systemd/system` enables units that belong to the machine, no
 (databases, timers, getty, time sync). Each `*.wants`/`*.requires` directory of the machine is made
 opaque in the host's upper dir, so hosts start from a clean set of enabled units while Ansible can
 still enable what it installs. Units that would act on the shared kernel or cannot work in a
-namespace are masked.
+namespace are masked. A host with a topology `bgp:` key gets its router config (routing.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import uuid
 from pathlib import Path
 
+from dsrlb_tools.lab import routing
 from dsrlb_tools.lab.topology import Topology
 
 UNIT_DIR = Path("/etc/systemd/system")
@@ -60,3 +61,6 @@ def prepare(upper: Path, hostname: str, topology: Topology) -> None:
         if not link.is_symlink():
             link.unlink(missing_ok=True)
             link.symlink_to("/dev/null")
+    me = topology.hosts.get(hostname)
+    if me is not None and me.bgp is not None:
+        routing.install(upper, me.bgp)

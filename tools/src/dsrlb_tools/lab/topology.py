@@ -1,14 +1,15 @@
 """Lab topology: load and validate the YAML file that names segments, hosts, addresses and routes.
 
 Errors name the offending field by its path (``hosts.web1.interfaces[0].segment``) so a user can fix
-the file without reading this code. The format is documented in ``default.yml``.
+the file without reading this code. The format is documented in ``default.yml`` (``sysctl:`` and
+``bgp:`` in ``ecmp.yml``); ``--topology ecmp`` names a packaged file.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ import yaml
 
 ROLES = ("router", "balancer", "target", "client")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+# A host may change its own network namespace's sysctls only (/proc/sys/net is its own; the rest is
+# the shared kernel's and read-only in a host).
+_SYSCTL_KEY = re.compile(r"^net\.[a-z0-9_.-]+$")
+_SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+ASN_RANGE = (1, 4294967295)
 
 
 class TopologyError(ValueError):
@@ -43,6 +49,25 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Neighbor:
+    """A BGP peer of a host, by lab host name or by address (its address is resolved at load)."""
+
+    address: ipaddress.IPv4Address
+    asn: int
+    host: str | None = None  # the lab host it names, when given by name
+
+
+@dataclass(frozen=True)
+class Bgp:
+    """What a router host's BIRD speaks: its own ASN and its peers (see ``routing.py``)."""
+
+    asn: int
+    router_id: ipaddress.IPv4Address
+    neighbors: tuple[Neighbor, ...]
+    bfd: bool = False
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     roles: tuple[str, ...]
@@ -50,6 +75,8 @@ class Host:
     forward: bool = False
     gateway: ipaddress.IPv4Address | None = None
     routes: tuple[Route, ...] = ()
+    sysctl: tuple[tuple[str, str], ...] = ()
+    bgp: Bgp | None = None
 
 
 @dataclass(frozen=True)
@@ -60,12 +87,37 @@ class Topology:
 
 def default_path() -> Path:
     """The topology shipped with the package (mirrors the seed network)."""
-    return Path(str(resources.files("dsrlb_tools.lab").joinpath("default.yml")))
+    return packaged_path("default")
+
+
+def packaged_path(name: str) -> Path:
+    """A topology shipped with the package, by name (``default``, ``ecmp``)."""
+    return Path(str(resources.files("dsrlb_tools.lab").joinpath(f"{name}.yml")))
+
+
+def packaged() -> list[str]:
+    """Names of the topologies shipped with the package."""
+    return sorted(p.name[:-4] for p in packaged_path("default").parent.glob("*.yml"))
+
+
+def resolve(name_or_path: str | Path | None) -> Path:
+    """A topology file: a path as given, or the packaged topology of that name (``--topology ecmp``)."""
+    if not name_or_path:
+        return default_path()
+    text = str(name_or_path)
+    if "/" in text or text.endswith((".yml", ".yaml")) or Path(text).exists():
+        return Path(text)
+    if text in packaged():
+        return packaged_path(text)
+    raise TopologyError(
+        f"{text}: no such topology file, and no packaged topology of that name "
+        f"(packaged: {', '.join(packaged())})"
+    )
 
 
 def load(path: str | Path | None = None) -> Topology:
-    """Read and validate a topology file (the default one when ``path`` is None)."""
-    path = Path(path) if path else default_path()
+    """Read and validate a topology file, or a packaged one by name (the default one when None)."""
+    path = resolve(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
@@ -89,10 +141,16 @@ def parse(data: Any) -> Topology:
         segments[name] = Segment(name, _parse(ipaddress.IPv4Network, spec["subnet"], f"{where}.subnet"))
     hosts = {}
     seen: dict[ipaddress.IPv4Address, str] = {}
+    bgp_specs = {}
     for name, spec in _mapping(top["hosts"], "hosts").items():
         hosts[name] = _host(name, spec, segments, seen)
+        if isinstance(spec, dict) and "bgp" in spec:
+            bgp_specs[name] = spec["bgp"]
     if not hosts:
         raise TopologyError("hosts: at least one host is needed")
+    # Peers may be named by host, so BGP is read once every host's addresses are known.
+    for name, spec in bgp_specs.items():
+        hosts[name] = replace(hosts[name], bgp=_bgp(hosts[name], spec, hosts, segments))
     return Topology(segments, hosts)
 
 
@@ -103,7 +161,7 @@ def _host(name: Any, spec: Any, segments: dict[str, Segment], seen: dict) -> Hos
         spec,
         where,
         required=("interfaces",),
-        allowed=("roles", "forward", "interfaces", "gateway", "routes"),
+        allowed=("roles", "forward", "interfaces", "gateway", "routes", "sysctl", "bgp"),
     )
     roles = tuple(_list(spec.get("roles", []), f"{where}.roles"))
     for i, role in enumerate(roles):
@@ -159,7 +217,66 @@ def _host(name: Any, spec: Any, segments: dict[str, Segment], seen: dict) -> Hos
                 on_link(rspec["via"], f"{rwhere}.via"),
             )
         )
-    return Host(name, roles, tuple(interfaces), forward, gateway, tuple(routes))
+    sysctl = []
+    for key, value in _mapping(spec.get("sysctl", {}), f"{where}.sysctl").items():
+        if not isinstance(key, str) or not _SYSCTL_KEY.match(key):
+            raise TopologyError(
+                f"{where}.sysctl.{key}: only the host's own network sysctls (net.*) can be set"
+            )
+        if isinstance(value, bool) or not _SYSCTL_VALUE.match(str(value)):
+            raise TopologyError(f"{where}.sysctl.{key}: bad value {value!r} (a number or a word)")
+        sysctl.append((key, str(value)))
+    return Host(name, roles, tuple(interfaces), forward, gateway, tuple(routes), tuple(sysctl))
+
+
+def _bgp(host: Host, spec: Any, hosts: dict[str, Host], segments: dict[str, Segment]) -> Bgp:
+    """A router's BGP: peers by host name resolve to that host's first address on a shared segment."""
+    where = f"hosts.{host.name}.bgp"
+    spec = _mapping(
+        spec, where, required=("asn", "neighbors"), allowed=("asn", "router_id", "neighbors", "bfd")
+    )
+    asn = _asn(spec["asn"], f"{where}.asn")
+    own = [a for i in host.interfaces for a in i.addresses]
+    router_id = _parse(
+        ipaddress.IPv4Address, spec.get("router_id", own[0].ip if own else ""), f"{where}.router_id"
+    )
+    bfd = spec.get("bfd", False)
+    if not isinstance(bfd, bool):
+        raise TopologyError(f"{where}.bfd: must be true or false, not {bfd!r}")
+    mine = {i.segment for i in host.interfaces}
+    neighbors: list[Neighbor] = []
+    for i, nspec in enumerate(_list(spec["neighbors"], f"{where}.neighbors")):
+        nwhere = f"{where}.neighbors[{i}]"
+        nspec = _mapping(nspec, nwhere, required=("asn",), allowed=("host", "address", "asn"))
+        if ("host" in nspec) == ("address" in nspec):
+            raise TopologyError(
+                f"{nwhere}: give either host (a lab host name) or address, not both or neither"
+            )
+        if "host" in nspec:
+            peer = hosts.get(nspec["host"])
+            if peer is None or peer.name == host.name:
+                raise TopologyError(f"{nwhere}.host: {nspec['host']!r} is not another host of the topology")
+            shared = [a.ip for x in peer.interfaces if x.segment in mine for a in x.addresses[:1]]
+            if not shared:
+                raise TopologyError(f"{nwhere}.host: {peer.name} shares no segment with {host.name}")
+            address, name = shared[0], peer.name
+        else:
+            address, name = _parse(ipaddress.IPv4Address, nspec["address"], f"{nwhere}.address"), None
+            if not any(address in segments[x.segment].subnet for x in host.interfaces):
+                raise TopologyError(f"{nwhere}.address: {address} is not on any segment of {host.name}")
+        if any(n.address == address for n in neighbors):
+            raise TopologyError(f"{nwhere}: {address} is already a neighbor")
+        neighbors.append(Neighbor(address, _asn(nspec["asn"], f"{nwhere}.asn"), name))
+    if not neighbors:
+        raise TopologyError(f"{where}.neighbors: at least one neighbor is needed")
+    return Bgp(asn, router_id, tuple(neighbors), bfd)
+
+
+def _asn(value: Any, where: str) -> int:
+    low, high = ASN_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TopologyError(f"{where}: {value!r} is not an AS number ({low}..{high})")
+    return value
 
 
 def _expand(item: Any, where: str) -> list[ipaddress.IPv4Address]:

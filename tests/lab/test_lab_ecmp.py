@@ -1,0 +1,161 @@
+"""The packaged `ecmp` topology booted for real: the router's BIRD, its multipath hashing, TUN devices
+in the balancers, and a router that spreads a VIP announced by three BGP speakers over three nexthops.
+
+The balancers' BGP speakers here are BIRD with a minimal config of the test's own and a veth device
+for the VIP (the daemon's TUN device is the daemon's business); what is tested is the lab: the router
+side, written from the topology at boot, and the devices a balancer needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from labrun import LabRun, lab_processes, netns, private_lab
+
+from dsrlb_tools.lab import topology
+from dsrlb_tools.lab.lab import Lab
+
+pytestmark = pytest.mark.root
+
+VIP = "172.16.1.10"
+SPEAKERS = ("lb1", "lb2", "lb3")
+
+
+@pytest.fixture(scope="module")
+def ecmp() -> Iterator[LabRun]:
+    with private_lab("ecmp", topology="ecmp") as run:
+        yield run
+
+
+def _speaker_config(address: str) -> str:
+    """A balancer-like BGP speaker: the /32s of device dsrlb0 to the router, nothing back."""
+    return f"""router id {address};
+protocol device {{ scan time 10; }}
+protocol direct {{ ipv4; interface "dsrlb0"; }}
+protocol bgp uplink {{
+    local {address} as 65001;
+    neighbor 172.16.1.254 as 65000;
+    hold time 3; keepalive time 1; connect retry time 1;
+    ipv4 {{ import none; export where net.len = 32; }};
+}}
+"""
+
+
+def _nexthops(run: LabRun) -> set[str]:
+    out = run.exec("router", "ip", "route", "show", VIP).stdout
+    return set(re.findall(r"via (\S+)", out))
+
+
+def _wait_nexthops(run: LabRun, want: set[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := _nexthops(run)) != want:
+        if time.monotonic() > deadline:
+            bgp = run.exec("router", "birdc", "show", "protocols", check=False).stdout
+            raise AssertionError(f"router's nexthops for {VIP}: {sorted(got)}, want {sorted(want)}\n{bgp}")
+        time.sleep(0.2)
+
+
+def test_the_packaged_ecmp_topology_is_found_by_name() -> None:
+    topo = topology.load("ecmp")
+    router = topo.hosts["router"]
+    assert router.bgp is not None and router.bgp.asn == 65000
+    assert [n.host for n in router.bgp.neighbors] == ["lb1", "lb2", "lb3", "lb4"]
+    assert {n.asn for n in router.bgp.neighbors} == {65001}
+    assert dict(router.sysctl) == {"net.ipv4.fib_multipath_hash_policy": "1"}
+
+
+def test_router_runs_bird_with_multipath_hashing(ecmp: LabRun) -> None:
+    assert ecmp.exec("router", "systemctl", "is-active", "bird").stdout.strip() == "active"
+    proto = ecmp.exec("router", "birdc", "show", "protocols").stdout
+    for name in ("lb1", "lb2", "lb3", "lb4"):
+        assert re.search(rf"^bgp_{name}\s+BGP\s", proto, re.M), proto
+    hash_policy = ecmp.exec("router", "sysctl", "-n", "net.ipv4.fib_multipath_hash_policy").stdout
+    assert hash_policy.strip() == "1"
+    assert ecmp.exec("router", "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    # Only the router runs BIRD at boot; the balancer role enables it on balancers.
+    assert ecmp.exec("lb1", "systemctl", "is-enabled", "bird", check=False).stdout.strip() != "enabled"
+
+
+def test_a_balancer_can_create_a_tun_device(ecmp: LabRun) -> None:
+    ecmp.exec("lb4", "ip", "tuntap", "add", "dev", "tuntest", "mode", "tun")
+    try:
+        shown = ecmp.exec("lb4", "ip", "-details", "link", "show", "tuntest").stdout
+        assert "tun type tun" in shown
+    finally:
+        ecmp.exec("lb4", "ip", "link", "del", "tuntest", check=False)
+
+
+def test_router_spreads_a_vip_over_every_speaker_and_drops_one_that_withdraws(ecmp: LabRun) -> None:
+    hosts = ecmp.status()
+    addresses = {}
+    for name in SPEAKERS:
+        address = hosts[name]["addresses"]["eth0"][0].split("/")[0]
+        addresses[name] = address
+        Path(f"/proc/{hosts[name]['pid']}/root/etc/bird/bird.conf").write_text(_speaker_config(address))
+        # A veth pair stands in for the daemon's TUN device: an interface that is up with the VIP on it.
+        ecmp.exec(name, "ip", "link", "add", "dsrlb0", "type", "veth", "peer", "name", "dsrlb0p")
+        ecmp.exec(name, "ip", "link", "set", "dsrlb0p", "up")
+        ecmp.exec(name, "ip", "link", "set", "dsrlb0", "up")
+        ecmp.exec(name, "ip", "addr", "add", f"{VIP}/32", "dev", "dsrlb0")
+        ecmp.exec(name, "systemctl", "restart", "bird")
+    try:
+        _wait_nexthops(ecmp, set(addresses.values()))
+        ecmp.exec("lb2", "ip", "link", "del", "dsrlb0")  # what a dying daemon's TUN device does
+        start = time.monotonic()
+        _wait_nexthops(ecmp, {addresses["lb1"], addresses["lb3"]}, timeout=5)
+        print(f"withdrawn route gone from the router in {time.monotonic() - start:.2f}s")
+    finally:
+        for name in SPEAKERS:
+            ecmp.exec(name, "systemctl", "stop", "bird", check=False)
+            ecmp.exec(name, "ip", "link", "del", "dsrlb0", check=False)
+
+
+def test_preflight_names_bad_bgp_keys_and_mixed_modes_and_changes_no_host(
+    ecmp: LabRun, tmp_path: Path
+) -> None:
+    """inventory/ecmp with a bad ASN and peer address for all balancers and lb3 in mode vrrp: site.yml
+    stops in its preflight, every message names the inventory key, and no task changed a host."""
+    mixed = tmp_path / "mixed.yml"
+    mixed.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "children": {"dsr_balancers": {"hosts": {"lb3": {"dsrlb_ha": "vrrp", "dsrlb_bgp": None}}}}
+                }
+            }
+        )
+    )
+    bad = {"dsrlb_bgp": {"local_asn": 0, "peers": [{"address": "172.16.1.300", "asn": 65000}]}}
+    proc = ecmp.ansible_cli(
+        "ansible-playbook",
+        ["-i", "inventory/ecmp", "-i", str(mixed), "site.yml", "-e", json.dumps(bad)],
+        {},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "dsrlb_bgp.local_asn: 0 is out of range 1..4294967295" in out, out
+    assert "dsrlb_bgp.peers[0].address: '172.16.1.300' is not an IPv4 address" in out, out
+    assert (
+        "lb3: dsrlb_ha: vrrp here, but other balancers of the group run another HA mode (bgp: lb1, lb2)"
+        in out
+    )
+    assert "PLAY [DSR targets" not in out and not re.search(r"changed=[1-9]", out), out
+
+
+def test_down_removes_everything(ecmp: LabRun) -> None:
+    """Last in this module: the fixture's own `down --purge` then finds nothing left to do."""
+    lab = Lab(ecmp.state_dir)
+    assert lab_processes(lab) and netns(lab.prefix)
+    ecmp.lab("down")
+    deadline = time.monotonic() + 5
+    while lab_processes(lab) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not lab_processes(lab)
+    assert not netns(lab.prefix)
+    assert not lab.cgroup_dir().exists()
+    assert str(ecmp.state_dir) not in Path("/proc/self/mountinfo").read_text()
