@@ -69,7 +69,8 @@ class Selector:
         self._weights = [c.weight for c in active]
         self._cumulative = list(itertools.accumulate(self._weights))
         self._current = [0] * len(active)  # smooth weighted round robin state
-        self._buckets = self._table() if method in STATELESS_METHODS else None
+        self.stateless = method in STATELESS_METHODS
+        self._buckets = self._table() if self.stateless else None
 
     def _table(self) -> tuple[int | None, ...]:
         """The bucket table of a stateless method, as target ids (None: no candidate)."""

@@ -58,13 +58,15 @@ EXPIRE_BUDGET = 512  # wheel entries examined per expiry step (1-3 us each, with
 CENSUS_BUDGET = 8192  # flows counted per census step (about 0.2 us each)
 BORN = 1e-6  # a new flow's `seen` is this much older than its `born`: a second packet makes it newer
 MAC_HOLD = 1.0  # seconds a target's learned MAC stays before another change is taken
-STATELESS = ("maglev", "hash", "first")  # selection methods whose pick depends on the client only
 LINK_POLL = 0.1  # seconds between looks at a link that went down
 BATCH = 64
 
 
 class Selector(Protocol):
-    """What the loop needs of `dsrlb.selection.Selector`."""
+    """What the loop needs of `dsrlb.selection.Selector`. `stateless`: the pick depends on the client
+    address only, so an existing session is not needed to keep a client on its target."""
+
+    stateless: bool
 
     def pick(self, client: bytes, load: dict[int, int] | None = None) -> int | None: ...
 
@@ -580,7 +582,7 @@ class Forwarder:
             if t in svc.active or (not new_conn and t in svc.forward):
                 return t
         selector = svc.selector
-        if getattr(selector, "method", STATELESS[0]) in STATELESS:
+        if selector.stateless:
             return selector.pick(src)
         active = sorted(svc.active)
         return active[zlib.crc32(src) % len(active)] if active else None

@@ -48,13 +48,15 @@ with concurrent.futures.ThreadPoolExecutor(16) as pool:
 """
 
 
-# Answers every GET with the host's name. Unlike `python -m http.server` (listen backlog 5) it does
-# not drop SYNs of a burst of parallel clients, which would show up as client timeouts.
+# Answers every GET with the host's name (argv 1). Unlike `python -m http.server` (listen backlog 5) it
+# does not drop SYNs of a burst of parallel clients, which would show up as client timeouts. With argv 2
+# "HTTP/1.1" a connection stays open for the next request (keep-alive).
 HTTP_SERVER = """
 import http.server, sys
 class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 256
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = sys.argv[2] if len(sys.argv) > 2 else "HTTP/1.0"
     def do_GET(self):
         body = (sys.argv[1] + "\\n").encode()
         self.send_response(200)

@@ -31,7 +31,7 @@ from itertools import count
 from typing import Any
 
 import pytest
-from dsr_lab import CLIENT_SOURCES, DSRLB, PYTHON, VIP, Lab
+from dsr_lab import CLIENT_SOURCES, DSRLB, HTTP_SERVER, PYTHON, VIP, Lab
 
 from dsrlb_tools.netns import Topology
 
@@ -49,24 +49,6 @@ KERNEL_POLL = 0.5  # the daemon reads the kernel's counters this often (daemon.K
 # Client ports above the ephemeral range (32768-60999), each used once: a flow-map entry outlives its
 # connection (`session` seconds), so a reused address and port pair would follow the old entry.
 FRESH_PORTS = count(61000)
-
-# Like dsr_lab's server, but HTTP/1.1: a connection stays open for the next request.
-KEEPALIVE_SERVER = """
-import http.server, sys
-class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 256
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = (sys.argv[1] + "\\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-Server(("0.0.0.0", 80), Handler).serve_forever()
-"""
 
 # One persistent connection per source ("ADDRESS" or "ADDRESS:PORT"); prints {address: local port}, then for
 # each line on stdin sends one GET on every connection and prints {address: body or "ERR ..."}. A connection
@@ -196,8 +178,9 @@ class NftLab(Lab):
 
     def start_web(self, name: str) -> None:
         self.webs[name] = self.topo.popen(
-            name, PYTHON, "-c", KEEPALIVE_SERVER, name, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+            name, PYTHON, "-c", HTTP_SERVER, name, "HTTP/1.1",  # keep-alive: persistent connections
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def reload(self, access: str = "nftables", extra: str = "") -> None:
         self.access, self.extra = access, extra
