@@ -8,8 +8,11 @@ side, written from the topology at boot, and the devices a balancer needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 from labrun import LabRun, lab_processes, netns, private_lab
 
+from dsrlb_tools import bird
 from dsrlb_tools.lab import topology
 from dsrlb_tools.lab.lab import Lab
 
@@ -30,20 +34,6 @@ SPEAKERS = ("lb1", "lb2", "lb3")
 def ecmp() -> Iterator[LabRun]:
     with private_lab("ecmp", topology="ecmp") as run:
         yield run
-
-
-def _speaker_config(address: str) -> str:
-    """A balancer-like BGP speaker: the /32s of device dsrlb0 to the router, nothing back."""
-    return f"""router id {address};
-protocol device {{ scan time 10; }}
-protocol direct {{ ipv4; interface "dsrlb0"; }}
-protocol bgp uplink {{
-    local {address} as 65001;
-    neighbor 172.16.1.254 as 65000;
-    hold time 3; keepalive time 1; connect retry time 1;
-    ipv4 {{ import none; export where net.len = 32; }};
-}}
-"""
 
 
 def _nexthops(run: LabRun) -> set[str]:
@@ -90,29 +80,37 @@ def test_a_balancer_can_create_a_tun_device(ecmp: LabRun) -> None:
         ecmp.exec("lb4", "ip", "link", "del", "tuntest", check=False)
 
 
-def test_router_spreads_a_vip_over_every_speaker_and_drops_one_that_withdraws(ecmp: LabRun) -> None:
-    hosts = ecmp.status()
-    addresses = {}
-    for name in SPEAKERS:
-        address = hosts[name]["addresses"]["eth0"][0].split("/")[0]
-        addresses[name] = address
-        Path(f"/proc/{hosts[name]['pid']}/root/etc/bird/bird.conf").write_text(_speaker_config(address))
-        # A veth pair stands in for the daemon's TUN device: an interface that is up with the VIP on it.
-        ecmp.exec(name, "ip", "link", "add", "dsrlb0", "type", "veth", "peer", "name", "dsrlb0p")
-        ecmp.exec(name, "ip", "link", "set", "dsrlb0p", "up")
-        ecmp.exec(name, "ip", "link", "set", "dsrlb0", "up")
-        ecmp.exec(name, "ip", "addr", "add", f"{VIP}/32", "dev", "dsrlb0")
-        ecmp.exec(name, "systemctl", "restart", "bird")
+@contextlib.contextmanager
+def speakers(run: LabRun, bfd: bool) -> Iterator[dict[str, str]]:
+    """lb1-lb3 announce the VIP with BIRD (the balancer config of dsrlb_tools.bird) from a veth pair
+    standing in for the daemon's TUN device (an interface that is up with the VIP on it); yields their
+    addresses once the router routes the VIP over all three."""
+    hosts = run.status()
+    addresses = {name: hosts[name]["addresses"]["eth0"][0].split("/")[0] for name in SPEAKERS}
+    uplink = [bird.Peer("uplink", "172.16.1.254", 65000)]
     try:
-        _wait_nexthops(ecmp, set(addresses.values()))
+        for name, address in addresses.items():
+            config = bird.balancer(address, 65001, uplink, timers=bird.Timers(bfd=bfd))
+            Path(f"/proc/{hosts[name]['pid']}/root/etc/bird/bird.conf").write_text(config)
+            run.exec(name, "ip", "link", "add", "dsrlb0", "type", "veth", "peer", "name", "dsrlb0p")
+            run.exec(name, "ip", "link", "set", "dsrlb0p", "up")
+            run.exec(name, "ip", "link", "set", "dsrlb0", "up")
+            run.exec(name, "ip", "addr", "add", f"{VIP}/32", "dev", "dsrlb0")
+            run.exec(name, "systemctl", "restart", "bird")
+        _wait_nexthops(run, set(addresses.values()))
+        yield addresses
+    finally:
+        for name in SPEAKERS:
+            run.exec(name, "systemctl", "stop", "bird", check=False)
+            run.exec(name, "ip", "link", "del", "dsrlb0", check=False)
+
+
+def test_router_spreads_a_vip_over_every_speaker_and_drops_one_that_withdraws(ecmp: LabRun) -> None:
+    with speakers(ecmp, bfd=False) as addresses:
         ecmp.exec("lb2", "ip", "link", "del", "dsrlb0")  # what a dying daemon's TUN device does
         start = time.monotonic()
         _wait_nexthops(ecmp, {addresses["lb1"], addresses["lb3"]}, timeout=5)
         print(f"withdrawn route gone from the router in {time.monotonic() - start:.2f}s")
-    finally:
-        for name in SPEAKERS:
-            ecmp.exec(name, "systemctl", "stop", "bird", check=False)
-            ecmp.exec(name, "ip", "link", "del", "dsrlb0", check=False)
 
 
 def test_preflight_names_bad_bgp_keys_and_mixed_modes_and_changes_no_host(
@@ -145,6 +143,30 @@ def test_preflight_names_bad_bgp_keys_and_mixed_modes_and_changes_no_host(
         in out
     )
     assert "PLAY [DSR targets" not in out and not re.search(r"changed=[1-9]", out), out
+
+
+def test_the_router_drops_a_dead_balancer_host_by_bfd(ecmp: LabRun) -> None:
+    """A balancer host that dies at once (its PID 1 killed: no BGP notification, no withdrawal) leaves
+    the route when the router's BFD session (100 ms x 3) goes down, well before the 3 s hold timer.
+    The host stays dead: this test comes last but for `down`."""
+    with speakers(ecmp, bfd=True) as addresses:
+        deadline = time.monotonic() + 15
+        while "Up" not in dict(_bfd_sessions(ecmp)).get(addresses["lb3"], ""):
+            assert time.monotonic() < deadline, _bfd_sessions(ecmp)
+            time.sleep(0.2)
+        pid = ecmp.status()["lb3"]["pid"]
+        os.kill(pid, signal.SIGKILL)  # the lab's own host (lab.py checks it is its namespace init)
+        start = time.monotonic()
+        _wait_nexthops(ecmp, {addresses["lb1"], addresses["lb2"]}, timeout=5)
+        gap = time.monotonic() - start
+        print(f"dead balancer host: route gone from the router in {gap * 1000:.0f} ms (BFD)")
+        assert gap < 1.0, f"{gap:.2f} s: not BFD (100 ms x 3) but the hold timer"
+
+
+def _bfd_sessions(run: LabRun) -> list[tuple[str, str]]:
+    """(peer address, state) of the router's BFD sessions."""
+    out = run.exec("router", "birdc", "show", "bfd", "sessions", check=False).stdout
+    return [(f[0], f[2]) for line in out.splitlines() if len(f := line.split()) >= 3 and f[0].count(".") == 3]
 
 
 def test_down_removes_everything(ecmp: LabRun) -> None:
