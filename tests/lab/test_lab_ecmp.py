@@ -145,6 +145,20 @@ def test_preflight_names_bad_bgp_keys_and_mixed_modes_and_changes_no_host(
     assert "PLAY [DSR targets" not in out and not re.search(r"changed=[1-9]", out), out
 
 
+def test_preflight_names_a_router_peer_that_is_never_reached(ecmp: LabRun) -> None:
+    """A second router peer at an address where nothing listens: site.yml stops in its preflight, naming
+    the inventory key, and changes no host."""
+    peers = [{"address": "172.16.1.254", "asn": 65000}, {"address": "172.16.1.249", "asn": 65000}]
+    bgp = {"dsrlb_bgp": {"local_asn": 65001, "peers": peers, "hold": 3, "keepalive": 1, "bfd": True}}
+    args = ["-i", "inventory/ecmp", "site.yml", "-e", json.dumps(bgp)]
+    proc = ecmp.ansible_cli("ansible-playbook", args, {})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "dsrlb_bgp.peers[1].address: 172.16.1.249 does not answer on TCP port 179 (BGP)" in out, out
+    assert "dsrlb_bgp.peers[0]" not in out, "the router itself answers"
+    assert "PLAY [DSR targets" not in out and not re.search(r"changed=[1-9]", out), out
+
+
 def test_the_router_drops_a_dead_balancer_host_by_bfd(ecmp: LabRun) -> None:
     """A balancer host that dies at once (its PID 1 killed: no BGP notification, no withdrawal) leaves
     the route when the router's BFD session (100 ms x 3) goes down, well before the 3 s hold timer.
