@@ -36,6 +36,7 @@ _CHOICES = {"access": ACCESS, "protocol": tuple(PROTOCOLS), "method": METHODS}
 _CHECK_FIELDS = {
     "tcpopen": ("PORT", "INTERVAL", "TIMEOUT"),
     "ping": ("INTERVAL", "TIMEOUT"),
+    "ping6": ("INTERVAL", "TIMEOUT"),
     "http": ("PORT", "PATH", "INTERVAL", "TIMEOUT"),
 }
 
@@ -51,6 +52,10 @@ BLOCKS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
             ("mask", "mask"),
             ("real", "ip"),
             ("virt", "ip"),
+            ("mask6", "int"),
+            ("real6", "ip"),
+            ("virt6", "ip"),
+            ("syncpeer", "ip"),
             ("interface", "int"),
         ),
     ),
@@ -59,6 +64,7 @@ BLOCKS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         "servers",
         (
             ("ipaddr", "ip"),
+            ("ipaddr6", "ip"),
             ("port", "int"),
             ("protocol", "choice"),
             ("targets", "idlist"),
@@ -71,9 +77,11 @@ BLOCKS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         "targets",
         (
             ("ipaddr", "ip"),
+            ("ipaddr6", "ip"),
             ("port", "int"),
             ("protocol", "choice"),
             *((check, "check") for check in CHECK_MODULES),
+            ("ping6", "check"),
             ("dsr", "enable"),
             ("weight", "int"),
             ("backup", "flag"),
@@ -297,6 +305,25 @@ def _normalise_network(item: dict[str, t.Any], where: str) -> dict[str, t.Any]:
     return dict(item, addr=str(net.network_address), mask=str(net.netmask))
 
 
+def _normalise_address(item: dict[str, t.Any], where: str) -> dict[str, t.Any]:
+    """An IPv6 `ipaddr` is written as BalanceNG's `ipaddr6`, and its `ping` check as `ping6`, so that an
+    inventory lists servers and targets of both families alike."""
+    try:
+        version = ipaddress.ip_address(str(item.get("ipaddr"))).version
+    except ValueError:
+        return item  # absent or bad: _ip says so
+    if version != 6:
+        return item
+    if item.get("ipaddr6") is not None:
+        raise RenderError(f"{where}: give either ipaddr or ipaddr6, not both")
+    moved = {
+        ("ping6" if key == "ping" else "ipaddr6" if key == "ipaddr" else key): v for key, v in item.items()
+    }
+    if item.get("ping") is not None and item.get("ping6") is not None:
+        raise RenderError(f"{where}: give either ping or ping6, not both")
+    return moved
+
+
 def _items(spec: dict[str, t.Any], option: str) -> list[dict[str, t.Any]]:
     items = spec.get(option) or []
     if not isinstance(items, list):
@@ -336,7 +363,8 @@ def derive_modules(spec: dict[str, t.Any]) -> list[str]:
     """The BalanceNG modules the config needs: DSR always needs slb and arp, checks and VRRP add theirs."""
     needed = {"arp", "slb"}
     for target in spec.get("targets") or []:
-        needed.update(module for check, module in CHECK_MODULES.items() if target.get(check) is not None)
+        checks = {**CHECK_MODULES, "ping6": CHECK_MODULES["ping"]}
+        needed.update(module for check, module in checks.items() if target.get(check) is not None)
     if spec.get("vrrp"):
         needed.add("vrrp")
     return [name for name in MODULES if name in needed]
@@ -367,6 +395,8 @@ def render(spec: dict[str, t.Any]) -> str:
             where = f"{option}[id={item['id']}]"
             if keyword == "network":
                 item = _normalise_network(item, where)
+            elif keyword in ("server", "target"):
+                item = _normalise_address(item, where)
             lines += _block_lines(keyword, f"{keyword} {item['id']}", keys, item, where, ITEM_FLAGS)
         lines += _flag_lines(keyword, option, items)
 

@@ -31,6 +31,8 @@ DEFAULTS = {
         "sessions": 262144,
         "embryonic": 5.0,
         "hashseed": 1685287532,
+        "sessionautoresync": 0,
+        "sessionsyncack": 0,
     },
     "interface": {"access": "raw", "threads": 1},
     "network": {"name": ""},
@@ -49,4 +51,6 @@ SETTINGS = (
     "sessions",
     "embryonic",
     "hashseed",
+    "sessionautoresync",
+    "sessionsyncack",
 )

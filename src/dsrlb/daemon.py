@@ -355,6 +355,13 @@ class Daemon:
     def _prepare(self, config: Config, network: Network) -> Plan:
         """Build and check everything `config` derives, changing nothing: a config this daemon cannot
         run (say, more addresses than the packet filter holds) is refused while the old one serves."""
+        ipv6 = [
+            f"server {sid} ({s.ipaddr})"
+            for sid, s in config.servers.items()
+            if s.serving and s.ipaddr.version == 6
+        ]
+        if ipv6:
+            raise StartupError(f"{config.source}: this daemon does not forward IPv6 yet: {', '.join(ipv6)}")
         addresses = tables.addresses(config, network)
         kernel_forwards = data_plane_of(config)[0].access == "nftables"
         if kernel_forwards and self.interface.access != "nftables" and (why := self.kernel.supported()):

@@ -39,6 +39,8 @@ DEFAULTS = {
         "sessions": 262144,
         "embryonic": 5.0,
         "hashseed": 0x6473726C,  # jhash seed of the bucket lookup ("dsrl"): fixed, so balancers agree
+        "sessionautoresync": 0,  # bngsync (BalanceNG's keys): full table to a (re)started peer
+        "sessionsyncack": 0,  # bngsync: acknowledged batches
     },
     "interface": {"access": ACCESS[0], "threads": 1},
     "network": {"name": ""},

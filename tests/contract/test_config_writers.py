@@ -121,6 +121,29 @@ SPECS = {
         targets=[dict(target, weight=1, backup=False) for target in SEED["targets"]],
         vrrp=dict(vrid=1, priority=100, network=1, advert=1000, preempt=True, version=3, peers=[]),
     ),
+    "dual stack": dict(
+        settings=dict(sessionautoresync=1, sessionsyncack=1),
+        interfaces=SEED["interfaces"],
+        networks=[
+            dict(
+                SEED["networks"][0],
+                mask6=64,
+                real6="2001:db8:1::252",
+                virt6="2001:db8:1::253",
+                syncpeer="172.16.1.251",
+            )
+        ],
+        servers=[
+            SEED["servers"][0],
+            dict(id=2, ipaddr="2001:db8:1::10", port=80, protocol="tcp", targets=[3, 4], method="rr"),
+        ],
+        targets=[
+            *SEED["targets"],
+            dict(id=3, ipaddr="2001:db8:1::100", port=80, ping="1,3", dsr=True),  # ping6 for IPv6
+            dict(id=4, ipaddr6="2001:db8:1:0::101", tcpopen="80,1,3", ping6="1,3", dsr=True),
+        ],
+        vrrp=dict(vrid=42, priority=200, network=1, peers=["172.16.1.251"]),
+    ),
     "bgp": dict(SEED, bgp={}),
     "bgp with keys": dict(SEED, bgp=dict(device="vips0", socket="/run/bird/other.ctl", grace=0.5)),
     "bgp defaults spelled out": dict(SEED, bgp=dict(device="dsrlb0", socket="/run/bird/bird.ctl", grace=2)),

@@ -9,7 +9,7 @@ flags. Defaults of optional keys come from `dsrlb.vocabulary`, as for the collec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from dsrlb.vocabulary import DEFAULTS
 
@@ -48,6 +48,10 @@ class Network:
     real: IPv4Address  # the balancer's own address: source of ARP and health checks
     virt: IPv4Address | None  # shared address that moves with VRRP
     interface: int
+    network6: IPv6Network | None = None  # from real6 + mask6
+    real6: IPv6Address | None = None  # the balancer's own IPv6 address: source of NDP and health checks
+    virt6: IPv6Address | None = None  # shared IPv6 address that moves with VRRP
+    syncpeer: IPv4Address | None = None  # the other node's `real`: bngsync session sync (dsrlb.sync)
     registered: bool = False
     enabled: bool = False
 
@@ -64,7 +68,7 @@ class HealthCheck:
 @dataclass(frozen=True)
 class Target:
     id: int
-    ipaddr: IPv4Address
+    ipaddr: IPv4Address | IPv6Address  # `ipaddr` or `ipaddr6`
     port: int | None = None
     protocol: str | None = None
     checks: tuple[HealthCheck, ...] = ()
@@ -82,7 +86,7 @@ class Target:
 @dataclass(frozen=True)
 class Server:
     id: int
-    ipaddr: IPv4Address  # the VIP
+    ipaddr: IPv4Address | IPv6Address  # the VIP (`ipaddr` or `ipaddr6`)
     port: int
     protocol: str  # "tcp" | "udp"
     targets: tuple[int, ...]
@@ -132,6 +136,8 @@ class Settings:
     sessions: int = _SET["sessions"]  # capacity of the session tables of all virtual servers together
     embryonic: float = _SET["embryonic"]  # idle timeout of a flow that has seen one packet only
     hashseed: int = _SET["hashseed"]  # jhash seed of the client -> bucket step, the same on every balancer
+    sessionautoresync: int = _SET["sessionautoresync"]  # 1: bngsync: whole table to a (re)started peer
+    sessionsyncack: int = _SET["sessionsyncack"]  # 1: bngsync batches are acknowledged, resent until they are
 
 
 @dataclass(frozen=True)

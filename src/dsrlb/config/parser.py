@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any, NamedTuple
 
 from dsrlb.config import model
@@ -51,17 +51,15 @@ _ACTIONS = {
 _ACTION_KINDS = {
     word: kind for kind in ("interface", "network", "server", "target") for word in (kind, kind + "s")
 }
-_IPV6 = ("IPv6", "dsrlb balances IPv4")
-_SYNC = ("session synchronization", "balancers agree by the shared Maglev table instead")
 _NAT = ("NAT", "dsrlb forwards in DSR mode only")
 # BalanceNG keys and statements that dsrlb does not implement -> (feature, what dsrlb does instead).
 UNSUPPORTED = {
-    **dict.fromkeys(("addr6", "mask6", "real6", "virt6"), _IPV6),
-    **dict.fromkeys(("syncpeer", "sessionautoresync", "sessionsyncack"), _SYNC),
     "nat": _NAT,
     "tnat": ("transparent NAT", _NAT[1]),
     "ipforwarding": ("IP forwarding", "a DSR balancer's kernel must not route the VIPs' traffic"),
 }
+# BalanceNG `set` keys that dsrlb reads and ignores, with why (a warning says it)
+IGNORED_SETTINGS = {"multithreading": "dsrlb forwards on one thread per interface (see 'threads')"}
 _ROOT_CAUSES = ("unbalanced '{'",)  # errors that explain others: shown first
 
 
@@ -166,17 +164,41 @@ def _flag(it: _Item, on: str, off: str, what: str) -> bool:
     return _choice(it, (on, off), what) == on
 
 
-def _ipv4(it: _Item) -> IPv4Address:
+def _ipv4(it: _Item, key6: str | None = None) -> IPv4Address:
+    """An IPv4 address; an IPv6 one is pointed at the key that takes it (`key6`), when there is one."""
     try:
         return IPv4Address(it.text)
     except ValueError:
-        raise _Fail(it, f"bad IPv4 address {_show(it.text)}") from None
+        pass
+    if key6 and ":" in it.text:
+        raise _Fail(it, f"bad IPv4 address {_show(it.text)}: an IPv6 address goes in '{key6}'")
+    raise _Fail(it, f"bad IPv4 address {_show(it.text)}")
 
 
-def _host(it: _Item) -> IPv4Address:
-    addr = _ipv4(it)
+def _ipv6(it: _Item, key4: str) -> IPv6Address:
+    try:
+        return IPv6Address(it.text)
+    except ValueError:
+        pass
+    if "." in it.text and ":" not in it.text:
+        raise _Fail(it, f"bad IPv6 address {_show(it.text)}: an IPv4 address goes in '{key4}'")
+    raise _Fail(it, f"bad IPv6 address {_show(it.text)}")
+
+
+def _host(it: _Item, key6: str | None = None) -> IPv4Address:
+    addr = _ipv4(it, key6)
     if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr == IPv4Address(0xFFFFFFFF):
         raise _Fail(it, f"{addr} cannot be the address of a host")
+    return addr
+
+
+def _host6(it: _Item, key4: str) -> IPv6Address:
+    addr = _ipv6(it, key4)
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local:
+        raise _Fail(
+            it,
+            f"{addr} cannot be the address of a host here (unspecified, multicast, loopback or link-local)",
+        )
     return addr
 
 
@@ -330,11 +352,23 @@ def _check_network(b: _Block) -> Iterator[tuple[_Item, str]]:
         net = IPv4Network((v["addr"], v["mask"]), strict=False)
         if net.network_address != v["addr"]:
             yield b.items["addr"], f"addr {v['addr']} has host bits set: the network is {net}"
-        for key in ("real", "virt"):
+        for key in ("real", "virt", "syncpeer"):
             if key in v and v[key] not in net:
                 yield b.items[key], f"{key} {v[key]} is outside network {net}"
-    if "real" in v and v.get("virt") == v["real"]:
-        yield b.items["virt"], "virt must differ from real"
+    for key, first in (("virt", "real"), ("syncpeer", "real"), ("syncpeer", "virt")):
+        if key in v and v.get(first) == v[key]:
+            yield b.items[key], f"{key} must differ from {first}"
+    if "real6" in v and "mask6" in v:
+        net6 = IPv6Network((v["real6"], v["mask6"]), strict=False)
+        if "addr6" in v and v["addr6"] != net6.network_address:
+            yield b.items["addr6"], f"addr6 {v['addr6']} is not the network of real6 and mask6 ({net6})"
+        if "virt6" in v and v["virt6"] not in net6:
+            yield b.items["virt6"], f"virt6 {v['virt6']} is outside network {net6} (real6 and mask6)"
+    for key, need in (("mask6", "real6"), ("real6", "mask6"), ("virt6", "real6"), ("addr6", "real6")):
+        if key in b.keys and need not in b.keys:
+            yield b.keys[key], f"'{key}' needs '{need}' in {b.title}"
+    if "real6" in v and v.get("virt6") == v["real6"]:
+        yield b.items["virt6"], "virt6 must differ from real6"
 
 
 def _check_vrrp(b: _Block) -> Iterator[tuple[_Item, str]]:
@@ -346,17 +380,42 @@ def _check_vrrp(b: _Block) -> Iterator[tuple[_Item, str]]:
 def _build_network(b: _Block, flags: dict[str, bool]) -> model.Network:
     v = dict(b.values)
     net = IPv4Network((v.pop("addr"), v.pop("mask")))
+    v.pop("addr6", None)  # checked: the network of real6 and mask6
+    mask6 = v.pop("mask6", None)
+    if mask6 is not None:
+        v["network6"] = IPv6Network((v["real6"], mask6), strict=False)
     return model.Network(b.id, v.pop("name", ""), net, virt=v.pop("virt", None), **v, **flags)
+
+
+def _one_address(b: _Block) -> Iterator[tuple[_Item | Token, str]]:
+    """A server or target has one address, IPv4 (`ipaddr`) or IPv6 (`ipaddr6`, BalanceNG's key)."""
+    if "ipaddr" in b.keys and "ipaddr6" in b.keys:
+        yield b.keys["ipaddr6"], f"{b.title} has both 'ipaddr' and 'ipaddr6': give one address"
+    elif "ipaddr" not in b.keys and "ipaddr6" not in b.keys:
+        yield b.head, f"{b.title} is missing 'ipaddr' (or 'ipaddr6' for IPv6)"
+
+
+def _check_target(b: _Block) -> Iterator[tuple[_Item | Token, str]]:
+    yield from _one_address(b)
+    for key, other, family in (("ping", "ping6", "ipaddr6"), ("ping6", "ping", "ipaddr")):
+        if key in b.keys and family in b.keys:
+            yield b.keys[key], f"'{key}' cannot check {b.title} at its {family} address: use '{other}'"
 
 
 def _build_server(b: _Block, flags: dict[str, bool]) -> model.Server:
     v = dict(b.values)
+    if "ipaddr6" in v:
+        v["ipaddr"] = v.pop("ipaddr6")
     v["targets"] = tuple(t for _, ids in v["targets"] for t in ids)
     return model.Server(b.id, **v, **flags)
 
 
 def _build_target(b: _Block, flags: dict[str, bool]) -> model.Target:
     v = dict(b.values)
+    if "ipaddr6" in v:
+        v["ipaddr"] = v.pop("ipaddr6")
+    if "ping6" in v:
+        v["ping"] = v.pop("ping6")
     checks = tuple(v.pop(key) for key in HEALTH_CHECKS if key in v)  # in canonical order
     return model.Target(b.id, checks=checks, **v, **flags)
 
@@ -378,7 +437,7 @@ class _Kind:
     required: tuple[str, ...] = ()
     has_id: bool = True
     module: str | None = None
-    check: Callable[[_Block], Iterator[tuple[_Item, str]]] | None = None
+    check: Callable[[_Block], Iterator[tuple[_Item | Token, str]]] | None = None
     build: Callable[[_Block, dict[str, bool]], Any] | None = None
 
 
@@ -395,6 +454,12 @@ _KINDS: dict[str, _Kind] = {
             "sessions": ("sessions 1..16777216", partial(_int, lo=1, hi=MAX_TABLE, what="sessions")),
             "embryonic": ("embryonic SECONDS", partial(_seconds, what="embryonic")),
             "hashseed": ("hashseed 0..4294967295|0xHEX", _seed),
+            "sessionautoresync": (
+                "sessionautoresync 0|1",
+                partial(_int, lo=0, hi=1, what="sessionautoresync"),
+            ),
+            "sessionsyncack": ("sessionsyncack 0|1", partial(_int, lo=0, hi=1, what="sessionsyncack")),
+            **{key: (f"{key} VALUE", lambda it: it.text) for key in IGNORED_SETTINGS},  # warned about
         },
         has_id=False,
     ),
@@ -410,10 +475,15 @@ _KINDS: dict[str, _Kind] = {
     "network": _Kind(
         {
             "name": ('name "TEXT"', lambda it: it.text),
-            "addr": ("addr ADDRESS", _ipv4),
+            "addr": ("addr ADDRESS", partial(_ipv4, key6="addr6")),
             "mask": ("mask NETMASK|PREFIXLEN", _mask),
-            "real": ("real ADDRESS", _host),
-            "virt": ("virt ADDRESS", _host),
+            "real": ("real ADDRESS", partial(_host, key6="real6")),
+            "virt": ("virt ADDRESS", partial(_host, key6="virt6")),
+            "addr6": ("addr6 ADDRESS6", partial(_ipv6, key4="addr")),
+            "mask6": ("mask6 PREFIXLEN", partial(_int, lo=1, hi=128, what="mask6 prefix length")),
+            "real6": ("real6 ADDRESS6", partial(_host6, key4="real")),
+            "virt6": ("virt6 ADDRESS6", partial(_host6, key4="virt")),
+            "syncpeer": ("syncpeer ADDRESS", _host),
             "interface": ("interface ID", partial(_int, lo=1, hi=MAX_ID, what="interface id")),
         },
         required=("addr", "mask", "real", "interface"),
@@ -423,31 +493,35 @@ _KINDS: dict[str, _Kind] = {
     ),
     "server": _Kind(
         {
-            "ipaddr": ("ipaddr ADDRESS", _host),
+            "ipaddr": ("ipaddr ADDRESS", partial(_host, key6="ipaddr6")),
+            "ipaddr6": ("ipaddr6 ADDRESS6", partial(_host6, key4="ipaddr")),
             "port": ("port 1..65535", _port),
             "protocol": _PROTOCOL,
             "targets": ("targets LIST", _target_list),
             "method": (f"method {'|'.join(METHODS)}", partial(_choice, choices=METHODS, what="method")),
             "session": ("session SECONDS", partial(_seconds, what="session")),
         },
-        required=("ipaddr", "port", "protocol", "targets"),
+        required=("port", "protocol", "targets"),
         module="slb",
+        check=_one_address,
         build=_build_server,
     ),
     "target": _Kind(
         {
-            "ipaddr": ("ipaddr ADDRESS", _host),
+            "ipaddr": ("ipaddr ADDRESS", partial(_host, key6="ipaddr6")),
+            "ipaddr6": ("ipaddr6 ADDRESS6", partial(_host6, key4="ipaddr")),
             "port": ("port 1..65535", _port),
             "protocol": _PROTOCOL,
             "tcpopen": ("tcpopen PORT,INTERVAL,TIMEOUT", _tcpopen),
             "ping": ("ping INTERVAL,TIMEOUT", _ping),
+            "ping6": ("ping6 INTERVAL,TIMEOUT", _ping),
             "http": ("http PORT,PATH,INTERVAL,TIMEOUT", _http),
             "dsr": ("dsr enable|disable", partial(_flag, on="enable", off="disable", what="dsr")),
             "weight": ("weight 1..1000", partial(_int, lo=1, hi=1000, what="weight")),
             "backup": ("backup", None),
         },
-        required=("ipaddr",),
         module="slb",
+        check=_check_target,
         build=_build_target,
     ),
     "vrrp": _Kind(
@@ -724,6 +798,7 @@ class _Parser:
                 self._error(b.items["network"], f"network {b.values['network']} is not defined")
             self._check_peers(b, networks.get(b.values.get("network")))
         self._check_ha_mode()
+        self._check_sync()
         self._check_servers()
         self._check_access()
         self._check_capacity()
@@ -762,6 +837,20 @@ class _Parser:
             "keep one of the two blocks",
         )
 
+    def _check_sync(self) -> None:
+        """bngsync runs between the two nodes of a VRRP pair; BalanceNG's ignored `set` keys are said."""
+        for key, why in IGNORED_SETTINGS.items():
+            if key in self.settings.keys:
+                self._warn(self.settings.keys[key], f"'{key}' is ignored: {why}")
+        if self.blocks["vrrp"]:
+            return
+        for b in self.blocks["network"].values():
+            if "syncpeer" in b.keys:
+                self._error(
+                    b.keys["syncpeer"],
+                    "syncpeer needs a 'vrrp' block: bngsync runs between a master and its backup",
+                )
+
     def _check_modules(self) -> None:
         if self.modules is None:
             self.errors.append((1, 1, "missing 'modules' statement, e.g. 'modules arp,hc,ping,slb,vrrp'"))
@@ -773,7 +862,7 @@ class _Parser:
             for b in table.values():
                 if need and need not in have:
                     self._error(b.head, f"{kind} needs module '{need}': {hint}")
-                for key, module in CHECK_MODULES.items():
+                for key, module in {**CHECK_MODULES, "ping6": CHECK_MODULES["ping"]}.items():
                     if kind == "target" and key in b.keys and module not in have:
                         self._error(b.keys[key], f"'{key}' needs module '{module}': {hint}")
 
@@ -819,7 +908,7 @@ class _Parser:
                     if t in targets:
                         users.setdefault(t, sid)
                         self._check_same(targets[t], s)
-            address = tuple(v.get(key) for key in ("ipaddr", "port", "protocol"))
+            address = (_address(s), v.get("port"), v.get("protocol"))
             if None not in address and address in addresses:
                 where = f"{address[0]}:{address[1]}/{address[2]}"
                 self._error(
@@ -854,16 +943,19 @@ class _Parser:
         """What parses but the daemon cannot run: more addresses than its packet filter holds."""
 
         seen = {
-            b.values.get("virt") for i, b in self.blocks["network"].items() if self._serving("network", i)
+            b.values.get(key)
+            for i, b in self.blocks["network"].items()
+            if self._serving("network", i)
+            for key in ("virt", "virt6")
         }
         seen.discard(None)
         first: tuple[int, _Item] | None = None  # the server whose VIP is one too many
         for sid, s in self.blocks["server"].items():
-            vip = s.values.get("ipaddr")
+            vip = _address(s)
             if self._serving("server", sid) and vip is not None and vip not in seen:
                 seen.add(vip)
                 if len(seen) == MAX_ADDRESSES + 1:
-                    first = sid, s.items["ipaddr"]
+                    first = sid, s.items["ipaddr6" if vip.version == 6 else "ipaddr"]
         if first is not None:
             self._error(
                 first[1],
@@ -900,21 +992,22 @@ class _Parser:
         if not any(self._serving("server", i) for i in servers):
             what = "no server is registered and enabled" if servers else "no server is defined"
             self._warn(start, f"this config serves nothing: {what}")
-        networks = [
-            (i, IPv4Network((b.values["addr"], b.values["mask"]), strict=False), b)
-            for i, b in sorted(self.blocks["network"].items())
-            if "addr" in b.values and "mask" in b.values
-        ]
+        networks: list[tuple[int, IPv4Network | IPv6Network, _Block]] = []
+        for i, b in sorted(self.blocks["network"].items()):
+            for addr, mask in (("addr", "mask"), ("real6", "mask6")):
+                if addr in b.values and mask in b.values:
+                    networks.append((i, ip_network((b.values[addr], b.values[mask]), strict=False), b))
         owners = {
-            b.values["ipaddr"]: f"the address of target {i}"
+            _address(b): f"the address of target {i}"
             for i, b in self.blocks["target"].items()
-            if "ipaddr" in b.values
+            if _address(b) is not None
         }
         owners.update(
             {
-                b.values["real"]: f"the balancer's own address (real of network {i})"
+                b.values[key]: f"the balancer's own address ({key} of network {i})"
                 for i, _, b in networks
-                if "real" in b.values
+                for key in ("real", "real6")
+                if key in b.values
             }
         )
         for sid, s in sorted(servers.items()):
@@ -927,12 +1020,13 @@ class _Parser:
                     f"server {sid} serves nothing: none of its targets "
                     f"{_ranges(listed)} is registered and enabled",
                 )
-            vip = s.values.get("ipaddr")
+            vip = _address(s)
             if vip is None:
                 continue
-            at = s.items["ipaddr"]
-            if networks and not any(vip in net for _, net, _ in networks):
-                nets = ", ".join(str(net) for _, net, _ in networks)
+            at = s.items["ipaddr6" if vip.version == 6 else "ipaddr"]
+            family = [net for _, net, _ in networks if net.version == vip.version]
+            if networks and not any(vip in net for net in family):
+                nets = ", ".join(str(net) for net in family) or f"no IPv{vip.version} network"
                 self._warn(
                     at,
                     f"server {sid} VIP {vip} is outside every network ({nets}): "
@@ -944,7 +1038,16 @@ class _Parser:
                 )
 
     def _check_same(self, target: _Block, server: _Block) -> None:
-        """Only Ethernet addresses change in DSR, so a target cannot listen elsewhere than its VIP."""
+        """Only Ethernet addresses change in DSR, so a target cannot listen elsewhere than its VIP, nor
+        on another IP version."""
+        mine, theirs = _address(target), _address(server)
+        if mine is not None and theirs is not None and mine.version != theirs.version:
+            key = "ipaddr6" if mine.version == 6 else "ipaddr"
+            self._error(
+                target.items[key],
+                f"target {target.id} is IPv{mine.version}, server {server.id} IPv{theirs.version} "
+                f"({theirs}): DSR does not translate it",
+            )
         for key in ("port", "protocol"):
             mine, theirs = target.values.get(key), server.values.get(key)
             if mine is not None and theirs is not None and mine != theirs:
@@ -962,10 +1065,11 @@ class _Parser:
 
         vrrp, bgp = self.blocks["vrrp"].get(None), self.blocks["bgp"].get(None)
         assert self.modules is not None
+        settings = {k: v for k, v in self.settings.values.items() if k not in IGNORED_SETTINGS}
         return model.Config(
             source=source,
             modules=frozenset(self.modules[1]),
-            settings=model.Settings(**self.settings.values),
+            settings=model.Settings(**settings),
             interfaces=objects("interface"),
             networks=objects("network"),
             servers=objects("server"),
@@ -999,6 +1103,11 @@ def _order(error: tuple[int, int, str]) -> tuple[bool, int, int, str]:
     """By position, root causes (an unclosed block) first: later errors may only follow from them."""
     line, col, message = error
     return (not message.startswith(_ROOT_CAUSES), line, col, message)
+
+
+def _address(b: _Block) -> IPv4Address | IPv6Address | None:
+    """A server's or target's address, whichever of `ipaddr` and `ipaddr6` holds it."""
+    return b.values.get("ipaddr", b.values.get("ipaddr6"))
 
 
 def _after(a: Token, b: Token) -> bool:
@@ -1085,13 +1194,20 @@ def _network_keys(net: model.Network) -> list[_Key]:
         ("name", net.name, _word(net.name)),
         ("addr", net.network, str(net.network.network_address)),
         ("mask", net.network, str(net.network.netmask)),
-        *_plain(net, "real", "virt", "interface"),
+        *_plain(net, "real", "virt"),
+        ("mask6", net.network6, str(net.network6.prefixlen) if net.network6 else ""),
+        *_plain(net, "real6", "virt6", "syncpeer", "interface"),
     ]
+
+
+def _ipaddr(obj: model.Server | model.Target) -> _Key:
+    return ("ipaddr6" if obj.ipaddr.version == 6 else "ipaddr", obj.ipaddr, str(obj.ipaddr))
 
 
 def _server_keys(srv: model.Server) -> list[_Key]:
     return [
-        *_plain(srv, "ipaddr", "port", "protocol"),
+        _ipaddr(srv),
+        *_plain(srv, "port", "protocol"),
         ("targets", srv.targets, _ranges(list(srv.targets))),
         ("method", srv.method, srv.method),
         ("session", srv.session, _num(srv.session)),
@@ -1100,8 +1216,16 @@ def _server_keys(srv: model.Server) -> list[_Key]:
 
 def _target_keys(tgt: model.Target) -> list[_Key]:
     return [
-        *_plain(tgt, "ipaddr", "port", "protocol"),
-        *((check.kind, check, _check_text(check)) for check in tgt.checks),
+        _ipaddr(tgt),
+        *_plain(tgt, "port", "protocol"),
+        *(
+            (
+                "ping6" if check.kind == "ping" and tgt.ipaddr.version == 6 else check.kind,
+                check,
+                _check_text(check),
+            )
+            for check in tgt.checks
+        ),
         ("dsr", tgt.dsr or None, "enable"),
         *_plain(tgt, "weight"),
         ("backup", tgt.backup or None, ""),

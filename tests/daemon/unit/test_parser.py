@@ -8,7 +8,7 @@ import random
 import re
 import subprocess
 import sys
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -176,7 +176,10 @@ CASES = {
     ),
     "quoted key": (
         seed(("          ipaddr 172.16.1.10\n", '          "ipaddr" 172.16.1.10\n')),
-        ["<string>:20:1: server 1 is missing 'ipaddr'", "<string>:21:11: a key cannot be a quoted string"],
+        [
+            "<string>:20:1: server 1 is missing 'ipaddr' (or 'ipaddr6' for IPv6)",
+            "<string>:21:11: a key cannot be a quoted string",
+        ],
     ),
     "unknown key": (
         seed(
@@ -469,7 +472,7 @@ CASES = {
     "missing required keys": (
         seed(("          ipaddr 172.16.1.10\n          port 80\n", "")),
         [
-            "<string>:20:1: server 1 is missing 'ipaddr'",
+            "<string>:20:1: server 1 is missing 'ipaddr' (or 'ipaddr6' for IPv6)",
             "<string>:20:1: server 1 is missing 'port'",
         ],
     ),
@@ -481,7 +484,7 @@ CASES = {
             "<string>:4:1: network 1 is missing 'interface'",
             "<string>:4:1: network 1 is missing 'mask'",
             "<string>:4:1: network 1 is missing 'real'",
-            "<string>:6:1: target 1 is missing 'ipaddr'",
+            "<string>:6:1: target 1 is missing 'ipaddr' (or 'ipaddr6' for IPv6)",
             "<string>:8:1: vrrp is missing 'network'",
             "<string>:8:1: vrrp is missing 'priority'",
             "<string>:8:1: vrrp is missing 'vrid'",
@@ -741,13 +744,6 @@ HEADS = {"network": "network   1 {\n", "server": "server    1 {\n"}
 UNSUPPORTED = {
     # "KIND: KEY VALUE" goes into the seed's block of that kind, any other snippet at the end of the seed;
     # the value: line in the snippet, column, start of the message
-    "network: mask6 64": "1:2: not supported by dsrlb: IPv6 ('mask6'; dsrlb balances IPv4)",
-    "network: real6 ::1": "1:2: not supported by dsrlb: IPv6 ('real6'",
-    "network: virt6 ::2": "1:2: not supported by dsrlb: IPv6 ('virt6'",
-    "set syncpeer 172.16.1.251\n": "1:5: not supported by dsrlb: session synchronization ('syncpeer'; "
-    "balancers agree by the shared Maglev table instead)",
-    "set sessionautoresync 1\n": "1:5: not supported by dsrlb: session synchronization ('sessionautoresync'",
-    "set {\n sessionsyncack 1\n}\n": "2:2: not supported by dsrlb: session synchronization ('sessionsyncack'",
     "nat 1 {\n addr 10.0.0.1\n}\n": "1:1: not supported by dsrlb: NAT ('nat'; dsrlb forwards in DSR mode",
     "server: tnat 1": "1:2: not supported by dsrlb: transparent NAT ('tnat'",
     "set ipforwarding 1\n": "1:5: not supported by dsrlb: IP forwarding ('ipforwarding'",
@@ -936,3 +932,90 @@ def test_fuzz_never_a_traceback(base):
             outcomes["ok"] += 1
             assert same(parse_text(render(config)), config)
     assert outcomes["error"] > 100
+
+
+# --- IPv6 and bngsync (BalanceNG's keys) -------------------------------------------------------------
+
+
+def test_balanceng_ipv6_example_is_accepted_and_round_trips():
+    config = parse_file(str(CONFIGS / "ipv6-dsr.conf"))
+    net = config.networks[1]
+    assert (str(net.network6), str(net.real6), str(net.virt6)) == (
+        "2001:db8::/32",
+        "2001:db8::2:1",
+        "2001:db8::2:3",
+    )
+    assert config.servers[1].ipaddr == IPv6Address("2001:db8::2:4")
+    assert config.targets[1].ipaddr == IPv6Address("2001:db8::1:1")
+    assert config.targets[1].checks == (HealthCheck("ping", 3.0, 10.0),)  # written ping6
+    text = render(config)
+    assert "ipaddr6 2001:db8::2:4" in text and "ping6 3,10" in text and "mask6 32" in text
+    assert same(parse_text(text), config)
+
+
+def test_balanceng_bngsync_example_is_accepted():
+    config = parse_file(str(CONFIGS / "bngsync-node-a.conf"))
+    assert config.networks[1].syncpeer == IPv4Address("172.17.2.102")
+    assert (config.settings.sessionautoresync, config.settings.sessionsyncack) == (1, 1)
+    assert any("'multithreading' is ignored" in w for w in config.warnings)
+    assert "multithreading" not in render(config) and "syncpeer 172.17.2.102" in render(config)
+
+
+V6_NETWORK = (
+    "          virt 172.16.1.253\n",
+    "          virt 172.16.1.253\n mask6 64\n real6 2001:db8::252\n",
+)
+
+
+@pytest.mark.parametrize(
+    "edits, expected",
+    [
+        (
+            [("ipaddr 172.16.1.10\n", "ipaddr 2001:db8::10\n")],
+            "21:18: bad IPv4 address '2001:db8::10': an IPv6 address goes in 'ipaddr6'",
+        ),
+        (
+            [("ipaddr 172.16.1.10\n", "ipaddr6 172.16.1.10\n")],
+            "21:19: bad IPv6 address '172.16.1.10': an IPv4 address goes in 'ipaddr'",
+        ),
+        (
+            [("ipaddr 172.16.1.100", "ipaddr6 2001:db8::100")],
+            "29:19: target 1 is IPv6, server 1 IPv4 (172.16.1.10): DSR does not translate it",
+        ),
+        ([V6_NETWORK, ("ipaddr 172.16.1.10\n", "ipaddr 172.16.1.10\n ipaddr6 2001:db8::10\n")], "both"),
+        ([(" real 172.16.1.252", " real 172.16.1.252\n virt6 2001:db8::3")], "'virt6' needs 'real6'"),
+        ([V6_NETWORK, (" real 172.16.1.252", " real 172.16.1.252\n virt6 2001:db9::3")], "outside network"),
+        (
+            [(" real 172.16.1.252", " real 172.16.1.252\n mask6 129")],
+            "mask6 prefix length 129 is out of range",
+        ),
+        ([(" real 172.16.1.252", " real 172.16.1.252\n syncpeer 10.0.0.1")], "syncpeer 10.0.0.1 is outside"),
+        (
+            [(" real 172.16.1.252", " real 172.16.1.252\n syncpeer 172.16.1.252")],
+            "syncpeer must differ from real",
+        ),
+        (
+            [(" real 172.16.1.252", " real 172.16.1.252\n syncpeer 172.16.1.251")],
+            "syncpeer needs a 'vrrp' block",
+        ),
+        (
+            [("modules   vrrp", "set sessionsyncack 2\nmodules   vrrp")],
+            "sessionsyncack 2 is out of range 0..1",
+        ),
+    ],
+)
+def test_ipv6_and_sync_errors(edits, expected):
+    found = errors(seed(*edits))
+    assert any(expected in error for error in found), found
+
+
+def test_ping_checks_the_address_family_of_its_target():
+    text = seed(
+        V6_NETWORK,
+        ("ipaddr 172.16.1.10\n", "ipaddr6 2001:db8::10\n"),
+        ("ipaddr 172.16.1.100", "ipaddr6 2001:db8::100\n ping 3,10"),
+        ("ipaddr 172.16.1.101", "ipaddr6 2001:db8::101\n ping6 3,10"),
+    )
+    assert [e.split(": ", 1)[1] for e in errors(text)] == [
+        "'ping' cannot check target 1 at its ipaddr6 address: use 'ping6'"
+    ]
