@@ -183,17 +183,30 @@ def balancer_config(
     vrrp: t.Any = None,
     balancer_hosts: Sequence[str] | None = None,
     host: str | None = None,
+    sync: bool = False,
 ) -> dict[str, t.Any]:
-    """The networks, servers, targets and vrrp options of the dsrlb.fleet.balancer_config module."""
+    """The networks, servers, targets and vrrp options of the dsrlb.fleet.balancer_config module; with
+    `sync`, the VRRP network's `syncpeer` is the pair's other balancer (bngsync)."""
     networks = _items(networks, "networks", ("id", "addr"))
     servers = _items(servers, "servers", ("id", "vip", "port"))
     served = _targets(servers, target_hosts, hostvars)
     nets = [_network(net, real) for net in networks]
+    pair = _vrrp(vrrp, balancer_hosts or (), host, hostvars, {str(net["real"]) for net in nets})
+    if sync and pair is not None and pair["peers"]:
+        if len(pair["peers"]) > 1:
+            raise AnsibleFilterError(
+                f"dsrlb_sync: bngsync pairs one master with one backup, but vrid {pair['vrid']} has "
+                f"{len(pair['peers']) + 1} balancers (peers {', '.join(pair['peers'])}): set dsrlb_sync: "
+                "false, or make the virtual router a pair"
+            )
+        for net in nets:
+            if str(net["id"]) == str(pair.get("network")):
+                net["syncpeer"] = pair["peers"][0]
     return {
         "networks": nets,
         "servers": [_server(server, targets) for server, targets in zip(servers, served, strict=True)],
         "targets": [target for targets in served for target in targets],
-        "vrrp": _vrrp(vrrp, balancer_hosts or (), host, hostvars, {str(net["real"]) for net in nets}),
+        "vrrp": pair,
     }
 
 

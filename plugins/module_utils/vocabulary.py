@@ -18,7 +18,7 @@ SHOW = "show"
 TARGET = "target"
 RELOAD = "reload"
 COMMANDS = ("show", "target", "reload")
-SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp", "bgp")
+SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp", "bgp", "bngsync")
 TARGET_ACTIONS = ("enable", "disable", "drain")
 DEFAULTS = {
     "set": {

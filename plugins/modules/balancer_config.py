@@ -75,6 +75,14 @@ options:
             server's target table, in the Python forwarder and in the kernel fast path alike. Balancers
             that share clients need the same seed; the default is fixed, so they agree out of the box.
         type: int
+      sessionautoresync:
+        description: bngsync - 1 sends the whole session table to a syncpeer that (re)started.
+        type: int
+        choices: [0, 1]
+      sessionsyncack:
+        description: bngsync - 1 has every batch acknowledged, and resent until it is.
+        type: int
+        choices: [0, 1]
   interfaces:
     description: C(interface N { }) blocks.
     type: list
@@ -131,6 +139,18 @@ options:
         type: str
       virt:
         description: Shared address that moves with VRRP mastership.
+        type: str
+      mask6:
+        description: Prefix length of the network's IPv6 network (with O(networks[].real6)).
+        type: int
+      real6:
+        description: The balancer's own IPv6 address on this network.
+        type: str
+      virt6:
+        description: Shared IPv6 address that moves with VRRP mastership.
+        type: str
+      syncpeer:
+        description: The other balancer's O(networks[].real) of a VRRP pair, to sync sessions with (bngsync).
         type: str
       interface:
         description: Number of the interface the network is on.
@@ -473,6 +493,8 @@ def argument_spec() -> dict:
                 sessions=dict(type="int"),
                 embryonic=dict(type="float"),
                 hashseed=dict(type="int"),
+                sessionautoresync=dict(type="int", choices=[0, 1]),
+                sessionsyncack=dict(type="int", choices=[0, 1]),
             ),
         ),
         interfaces=dict(
@@ -498,6 +520,10 @@ def argument_spec() -> dict:
                 mask=dict(type="str"),
                 real=dict(type="str"),
                 virt=dict(type="str"),
+                mask6=dict(type="int"),
+                real6=dict(type="str"),
+                virt6=dict(type="str"),
+                syncpeer=dict(type="str"),
                 interface=dict(type="int"),
                 **_id_flags(),
             ),

@@ -20,8 +20,8 @@ options:
     description: What to ask for; everything by default.
     type: list
     elements: str
-    choices: [servers, targets, sessions, stats, vrrp, bgp]
-    default: [servers, targets, sessions, stats, vrrp, bgp]
+    choices: [servers, targets, sessions, stats, vrrp, bgp, bngsync]
+    default: [servers, targets, sessions, stats, vrrp, bgp, bngsync]
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - dsrlb.fleet.control
@@ -96,6 +96,14 @@ bgp:
   type: dict
   sample: {state: enabled, vips: [{vip: 172.16.1.10, announced: true, reason: ""}],
            protocols: [{name: router, proto: BGP, state: up, info: Established}]}
+bngsync:
+  description:
+    - Session sync with the syncpeer; C(state) is C(disabled) without C(syncpeer), C(error) when it could
+      not start (C(error) says why), else C(active) with C(peer) (C(forwarding), C(standby) or C(down)),
+      C(syncpeer_mac), packet and session counters, C(sessions_held) and the last full resyncs.
+  returned: when gathered
+  type: dict
+  sample: {state: active, syncpeer: 172.16.1.251, peer: standby, sessions_held: 0}
 stats:
   description: Counters (C(rx), C(tx), C(forwarded), C(arp_replies), C(icmp_replies), C(drops), C(uptime)).
   returned: when gathered

@@ -11,6 +11,7 @@ targets that still exist.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any
 
-from dsrlb import __version__, bgp, control, metrics, release, systemd, tables, views
+from dsrlb import __version__, bgp, control, metrics, release, sync, systemd, tables, views
 from dsrlb.config.model import Config, Interface, Network
 from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
@@ -34,6 +35,7 @@ from dsrlb.dataplane.ring import Insn, PacketRing, check_filter
 from dsrlb.failover import Failover
 from dsrlb.health import HealthMonitor
 from dsrlb.selection import Selector
+from dsrlb.vocabulary import PROTOCOLS
 from dsrlb.vrrp import GROUP_MAC
 from dsrlb.vrrp import build as build_advert
 
@@ -48,6 +50,8 @@ GARP_BURST = (0.05, 0.1, 0.2, 3.0)  # gratuitous ARP after the first: a burst, t
 GC_THRESHOLDS = (10000, 10, 1000)
 KERNEL_POLL = 0.5  # seconds between reads of the kernel's counters (and checks that our table is there)
 GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that learned a wrong MAC recovers
+SYNC_TICK = 0.1  # seconds between bngsync batches of new and moved sessions
+SYNC_BATCH = 20000  # sessions taken from the forwarder's log per tick at most
 
 
 class StartupError(Exception):
@@ -136,6 +140,13 @@ class Daemon:
         self.tun: bgp.TunDevice | None = None  # HA mode bgp: the device whose addresses BIRD announces
         self.bgp_reasons: dict[IPv4Address, str | None] = {}  # VIP -> None (announced) or why not
         self.bgp_changes = 0  # addresses added to or removed from the device
+        self.sync: sync.SyncPeer | None = None  # bngsync with the syncpeer of our network
+        self.sync_error: str | None = None  # why bngsync is configured but not running
+        self._resync = False  # the peer is to get the whole table at the next tick
+        self._full_due = 0.0  # monotonic time of the next whole-table refresh
+        self._forwarding = False  # the forwarding table installed last forwards (for hand-over of hints)
+        self.hints: dict[int, dict[bytes, tuple[int, float]]] = {}  # server id -> the peer's sessions
+        self._hints_until = 0.0  # the peer's sessions handed to the forwarder are dropped after this
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def main(self) -> int:
@@ -206,6 +217,7 @@ class Daemon:
             asyncio.create_task(self._resolve_targets()),
             asyncio.create_task(self._keep_announcing()),
             asyncio.create_task(self._watch_kernel()),
+            asyncio.create_task(self._sync_sessions()),
         ]
         watchdog = systemd.watchdog_interval()
         if watchdog is not None:
@@ -228,6 +240,8 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)  # a client that asks now is told no daemon runs, not "refused"
         self.kernel.remove()  # the peer took over: the kernel forwards and drops nothing for us any more
+        if self.sync is not None:
+            self.sync.close()
         self.forwarder.stop()
         self.ring.close()
         self.arp_sock.close()
@@ -426,6 +440,7 @@ class Daemon:
                 self.states.setdefault(sid, ServiceState())
         source = config.networks[config.vrrp.network].real if config.vrrp else self.network.real
         self.failover.configure(config.vrrp, source, plan.addresses)
+        self._configure_sync(config)
         self.addresses = plan.addresses
         if plan.kernel_forwards and not self.kernel_forwards:  # make before break: the kernel first
             self.kernel_forwards = True
@@ -461,6 +476,10 @@ class Daemon:
         assert self.config is not None
         status = {tid: tables.TargetStatus(rt.up, rt.admin) for tid, rt in self.runtime.items()}
         macs = self._macs()
+        forwarding = self.failover.forwarding and self.warm
+        if forwarding != self._forwarding:
+            self._forwarding = forwarding
+            self._hand_over_hints(forwarding)
         built = tables.build(
             self.config,
             self.network,
@@ -468,10 +487,11 @@ class Daemon:
             macs,
             self.ring.mac,
             self.states,
-            forwarding=self.failover.forwarding and self.warm,
+            forwarding=forwarding,
             answering=self.failover.answering and self.warm,
             arp=self.tun is None,
             selectors=self._selectors,
+            synced=self.hints,
         )
         self._selectors = built.selectors
         table = built.table
@@ -661,7 +681,193 @@ class Daemon:
         ]
         log.info("target %d: %s", target_id, self.runtime[target_id].admin)
         self.rebuild()
+        if self.sync is not None:
+            self.sync.send_admin(self._admin_records([target_id]))
         return next(t for t in self.show_targets() if t["id"] == target_id)
+
+    # --- bngsync ------------------------------------------------------------------------------
+    def _configure_sync(self, config: Config) -> None:
+        """Start, keep or stop bngsync for this config: on with `syncpeer` on our network and VRRP."""
+        peer, settings = self.network.syncpeer, config.settings
+        wanted = None
+        if peer is not None and config.vrrp is not None:
+            wanted = (
+                self.network.real,
+                peer,
+                bool(settings.sessionautoresync),
+                bool(settings.sessionsyncack),
+            )
+        current = self.sync
+        if current is not None:
+            if wanted == (current.local, current.peer, current.autoresync, current.acks):
+                current.capacity = settings.sessions
+                return
+            current.close()
+            self.sync = None
+        self.sync_error = None
+        self.forwarder.session_log = None
+        if wanted is None:
+            return
+        local, peer, autoresync, acks = wanted
+        peer_sync = sync.SyncPeer(
+            local,
+            peer,
+            autoresync=autoresync,
+            acks=acks,
+            capacity=settings.sessions,
+            on_admin=self._peer_admin,
+            on_resync=self._peer_restarted,
+            on_sessions=self._peer_sessions,
+            forwarding=lambda: self._forwarding,
+        )
+        try:
+            peer_sync.start()
+        except OSError as err:
+            self.sync_error = f"cannot bind {local}:{sync.PORT}: {err.strerror or err}"
+            log.error("bngsync not active: %s", self.sync_error)
+            return
+        self.sync = peer_sync
+        self.forwarder.session_log = collections.deque()
+        self._resync = True
+        log.info("bngsync active: %s <-> %s, UDP port %d", local, peer, sync.PORT)
+
+    def _server_keys(self) -> dict[int, tuple[bytes, int, int]]:
+        """Serving server id -> (VIP, IP protocol, port): how both nodes name a virtual server."""
+        assert self.config is not None
+        return {
+            sid: (s.ipaddr.packed, PROTOCOLS[s.protocol], s.port)
+            for sid, s in self.config.servers.items()
+            if s.serving
+        }
+
+    def _wire_sessions(self, rows: list[tuple[ServiceState, bytes, int]]) -> list[sync.Session]:
+        """Forwarder sessions (state, client, target id) as bngsync records."""
+        assert self.config is not None
+        keys = {
+            id(self.states[sid]): (sid, key) for sid, key in self._server_keys().items() if sid in self.states
+        }
+        out = []
+        for state, client, tid in rows:
+            found = keys.get(id(state))
+            target = self.config.targets.get(tid)
+            if found is None or target is None:
+                continue  # a server or target that a reload removed meanwhile
+            (vip, proto, port), ttl = found[1], round(self.config.servers[found[0]].session)
+            out.append(sync.Session(vip, proto, port, client, target.ipaddr.packed, ttl))
+        return out
+
+    async def _snapshot(self) -> list[tuple[ServiceState, bytes, int]]:
+        """Every session of the forwarder, read on its thread (a dict it changes all the time)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[tuple[ServiceState, bytes, int]]] = loop.create_future()
+        states = list(self.states.values())
+
+        def take() -> None:
+            rows = [(st, client, s.target) for st in states for client, s in st.sessions.items()]
+            loop.call_soon_threadsafe(done.set_result, rows)
+
+        self.forwarder.call(take)
+        return await asyncio.wait_for(done, 5)
+
+    async def _sync_sessions(self) -> None:
+        """Send new and moved sessions every tick while forwarding, the whole table once per refresh
+        period (the peer's copies expire after `session` seconds) and when the peer (re)started."""
+        overflow = 0
+        while True:
+            await asyncio.sleep(SYNC_TICK)
+            peer, logged = self.sync, self.forwarder.session_log
+            now = time.monotonic()
+            if self._hints_until and now > self._hints_until:
+                self._hints_until, self.hints = 0.0, {}
+                self.rebuild()
+            if peer is None or logged is None or self.config is None:
+                continue
+            rows = [logged.popleft() for _ in range(min(len(logged), SYNC_BATCH))]
+            if rows and self._forwarding:
+                peer.send_sessions(self._wire_sessions(rows))
+            lost = self.forwarder.stats.session_log_overflow
+            if self._resync and self._forwarding:  # a node that just started has no drain state to give
+                peer.send_admin(self._admin_records(list(self.runtime)))
+            if self._forwarding and (self._resync or now >= self._full_due or lost != overflow):
+                self._resync, overflow = False, lost
+                self._full_due = now + self._refresh_period()
+                peer.send_sessions(self._wire_sessions(await self._snapshot()), full=True)
+            self._resync = False
+
+    def _refresh_period(self) -> float:
+        """A third of the shortest session timeout (1 s to 60 s): the peer's copies never run out."""
+        assert self.config is not None
+        shortest = min((s.session for s in self.config.servers.values() if s.serving), default=180.0)
+        return min(60.0, max(1.0, shortest / 3))
+
+    def _peer_restarted(self) -> None:
+        self._resync = True
+
+    def _peer_sessions(self, records: list[sync.Session]) -> None:
+        """Sessions that arrive while we forward (the peer still forwards what reaches it during the hand
+        over) become hints at once, added on the loop's thread to the dicts its table holds."""
+        if not self._forwarding or not self.hints:
+            return
+        found, current = self._hints(records), self.hints
+        self.forwarder.call(lambda: [current[sid].update(h) for sid, h in found.items() if sid in current])
+
+    def _hand_over_hints(self, forwarding: bool) -> None:
+        """Taking over: the peer's sessions become hints the forwarder follows for clients new to it,
+        in the table that starts forwarding (new dicts, the loop's from then on); stepping down: they go."""
+        self.hints, self._hints_until = {}, 0.0
+        if self.sync is None or not forwarding:
+            return
+        now = time.monotonic()
+        found = self._hints(
+            [
+                sync.Session(v, p, o, c, t, max(0, round(e - now)))
+                for (v, p, o, c), (t, e) in self.sync.table.items()
+            ]
+        )
+        self.hints = {sid: found.get(sid, {}) for sid in self._server_keys()}
+        if found:
+            log.info("bngsync: following %d sessions of the peer", sum(map(len, found.values())))
+
+    def _hints(self, records: list[sync.Session]) -> dict[int, dict[bytes, tuple[int, float]]]:
+        """Peer sessions as server id -> {client: (target id, expiry)}, for servers and targets we serve."""
+        assert self.config is not None
+        sids = {key: sid for sid, key in self._server_keys().items()}
+        tids = {t.ipaddr.packed: tid for tid, t in tables.serving_targets(self.config).items()}
+        now = time.monotonic()
+        hints: dict[int, dict[bytes, tuple[int, float]]] = {}
+        for r in records:
+            sid, tid = sids.get((r.vip, r.proto, r.port)), tids.get(r.target)
+            if sid is not None and tid is not None:
+                hints.setdefault(sid, {})[r.client] = (tid, now + r.ttl)
+                self._hints_until = max(self._hints_until, now + r.ttl)
+        return hints
+
+    def _admin_records(self, target_ids: list[int]) -> list[sync.Admin]:
+        assert self.config is not None
+        return [
+            sync.Admin(self.config.targets[tid].ipaddr.packed, self.runtime[tid].admin)
+            for tid in target_ids
+            if tid in self.runtime
+        ]
+
+    def _peer_admin(self, records: list[sync.Admin]) -> None:
+        """The peer's operator drained, disabled or enabled a target: so do we (not sent back)."""
+        assert self.config is not None
+        by_address = {t.ipaddr.packed: tid for tid, t in tables.serving_targets(self.config).items()}
+        changed = False
+        for r in records:
+            tid = by_address.get(r.target)
+            if tid is not None and self.runtime[tid].admin != r.state:
+                log.info("target %d: %s (from bngsync peer %s)", tid, r.state, self.network.syncpeer)
+                self.runtime[tid].admin = r.state
+                changed = True
+        if changed:
+            self.rebuild()
+
+    def show_bngsync(self) -> dict[str, Any]:
+        if self.sync is None:
+            return {"state": "error" if self.sync_error else "disabled", "error": self.sync_error}
+        return self.sync.view()
 
     # --- views.Status -------------------------------------------------------------------------
     def show_targets(self) -> list[dict[str, Any]]:

@@ -236,6 +236,62 @@ def render(daemon: Status) -> str:
             "VIP addresses added to or removed from the announcement device.",
             [({}, announcing["changes"])],
         )
+    syncing = daemon.show_bngsync()
+    if syncing["state"] != "disabled":
+        active = syncing["state"] == "active"
+        metric(
+            "bngsync_active",
+            "gauge",
+            "1 while session sync with the syncpeer runs, else 0.",
+            [({}, int(active))],
+        )
+    if syncing["state"] == "active":
+        peer = {"syncpeer": syncing["syncpeer"]}
+        metric(
+            "bngsync_peer_up",
+            "gauge",
+            "1 while hellos arrive from the syncpeer (one a second), else 0.",
+            [(peer, int(syncing["peer"] != "down"))],
+        )
+        for name, key, text in (
+            (
+                "bngsync_packets_sent_total",
+                "packets_sent",
+                "Datagrams sent to the syncpeer (hellos, batches, acks).",
+            ),
+            ("bngsync_packets_received_total", "packets_received", "Datagrams accepted from the syncpeer."),
+            ("bngsync_packets_resent_total", "packets_resent", "Batches sent again for want of an ack."),
+            (
+                "bngsync_batches_lost_total",
+                "batches_lost",
+                "Batches given up: never acknowledged, or queue full.",
+            ),
+            ("bngsync_sessions_sent_total", "sessions_sent", "Session records sent to the syncpeer."),
+            ("bngsync_sessions_received_total", "sessions_received", "Session records received."),
+            (
+                "bngsync_sessions_overflow_total",
+                "sessions_overflow",
+                "Peer sessions not kept: the table was full.",
+            ),
+            (
+                "bngsync_full_resyncs_sent_total",
+                "full_resyncs_sent",
+                "Whole session tables sent to the syncpeer.",
+            ),
+        ):
+            metric(name, "counter", text, [(peer, syncing[key])])
+        metric(
+            "bngsync_sessions_held",
+            "gauge",
+            "Peer sessions held for a take-over.",
+            [(peer, syncing["sessions_held"])],
+        )
+        metric(
+            "bngsync_dropped_packets_total",
+            "counter",
+            "Datagrams dropped, by reason (not_syncpeer, malformed, oversize, rate_limited, icmp_error).",
+            [({**peer, "reason": r}, n) for r, n in sorted(syncing["drops"].items())],
+        )
     return "\n".join(lines) + "\n"
 
 

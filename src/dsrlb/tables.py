@@ -89,6 +89,7 @@ def build(
     answering: bool = True,
     arp: bool = True,
     selectors: Mapping[tuple, Selector] | None = None,
+    synced: Mapping[int, dict[bytes, tuple[int, float]]] | None = None,
 ) -> Built:
     """The forwarding table for this moment (`arp` False: answer ping but not ARP, HA mode bgp).
 
@@ -97,7 +98,8 @@ def build(
     and counters outlive tables). A selector from `selectors` is reused when a server's method, bucket
     table size, hash seed and candidates are unchanged, so round-robin positions survive unrelated
     rebuilds. The table size follows the targets the server lists, not the healthy ones: a target going
-    down moves only its own clients.
+    down moves only its own clients. `synced` holds, per server id, the peer's sessions bngsync handed
+    over (the same dict in every build, which the forwarder consumes).
     """
     previous = selectors or {}
     services: dict[tuple[bytes, int, int], Service] = {}
@@ -127,7 +129,12 @@ def build(
         if not forwarding:
             continue  # a VRRP backup stays silent
         services[(server.ipaddr.packed, PROTOCOLS[server.protocol], server.port)] = Service(
-            selector, frozenset(active), forward, server.session, states[server.id]
+            selector,
+            frozenset(active),
+            forward,
+            server.session,
+            states[server.id],
+            (synced or {}).get(server.id, {}),
         )
     answer = frozenset(a.packed for a in addresses(config, network)) if answering else frozenset()
     neighbors = frozenset(t.ipaddr.packed for t in serving_targets(config).values())

@@ -30,6 +30,7 @@ class Status(Protocol):
     def show_vrrp(self) -> dict[str, Any]: ...
     def bgp_status(self) -> dict[str, Any]: ...  # HA mode bgp: the announcements ({"state": "disabled"})
     async def show_bgp(self) -> dict[str, Any]: ...  # bgp_status and BIRD's protocol states
+    def show_bngsync(self) -> dict[str, Any]: ...  # session sync with the VRRP peer ({"state": "disabled"})
 
 
 class TargetInfo(Protocol):
@@ -263,6 +264,8 @@ def stats(
         "expired_embryonic": st.expired_embryonic,
         "arp_changed": st.arp_changed,
         "arp_ignored": st.arp_ignored,
+        "synced_followed": st.synced_followed,
+        "session_log_overflow": st.session_log_overflow,
         "drops": {**st.drops, **({"ring_full": ring_drops} if ring_drops else {})},
         "ruleset_restored": restored,
         "generation": generation,

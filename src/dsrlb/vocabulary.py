@@ -22,7 +22,7 @@ DEFAULT_CONTROL = "/run/dsrlb/control.sock"
 DEFAULT_METRICS = "127.0.0.1:9410"
 SHOW, TARGET, RELOAD = "show", "target", "reload"  # the commands, also `dsrlb` verbs
 COMMANDS = (SHOW, TARGET, RELOAD)
-SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp", "bgp")
+SHOW_VIEWS = ("servers", "targets", "sessions", "stats", "vrrp", "bgp", "bngsync")
 TARGET_ACTIONS = ("enable", "disable", "drain")
 
 # --- defaults ------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ class FakeControl:
             "stats": {"rx": 30, "tx": 20, "forwarded": 20, "arp_replies": 3, "icmp_replies": 0, "drops": {}},
             "vrrp": {"state": "master"},
             "bgp": {"state": "disabled"},
+            "bngsync": {"state": "disabled"},
         }
         if what not in data:
             return {"ok": False, "error": f"cannot show {what!r}"}

@@ -60,6 +60,7 @@ BORN = 1e-6  # a new flow's `seen` is this much older than its `born`: a second 
 MAC_HOLD = 1.0  # seconds a target's learned MAC stays before another change is taken
 LINK_POLL = 0.1  # seconds between looks at a link that went down
 BATCH = 64
+SESSION_LOG = 65536  # new and moved sessions waiting for bngsync to send them; beyond, counted and dropped
 
 
 class Selector(Protocol):
@@ -139,6 +140,10 @@ class Service:
     forward: dict[int, bytes]  # target -> new Ethernet addresses (its MAC + ours), active and draining
     timeout: float  # session idle timeout
     state: ServiceState
+    # the peer's sessions that bngsync handed over when this node took over (client -> (target, expiry)):
+    # a client without a session here follows its entry once, while that target may take the flow. It
+    # comes with the table, so no packet is forwarded by a table without it; only the loop changes it.
+    synced: dict[bytes, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,8 @@ class Stats:
     expired: int = 0  # flows that expired idle after more than one packet
     arp_changed: int = 0  # learned target MACs that changed (replies to our requests)
     arp_ignored: int = 0  # target MAC changes not taken: not a reply to us, or within MAC_HOLD of the last
+    synced_followed: int = 0  # new sessions that took the target the peer's session had (bngsync)
+    session_log_overflow: int = 0  # new or moved sessions bngsync did not get: its log was full
     drops: collections.Counter = field(default_factory=collections.Counter)
 
 
@@ -217,6 +224,8 @@ class Forwarder:
         self.heartbeat = 0  # bumped by the loop at least every 100 ms while it runs: the watchdog reads it
         self.on_reopen: Callable[[], None] = lambda: None  # the ring was reopened after the link came back
         self.on_failure: Callable[[], None] = lambda: None  # the loop died: the process must end
+        # bngsync on: (state, client, target) of every new or moved session, for the control plane to send
+        self.session_log: collections.deque[tuple[ServiceState, bytes, int]] | None = None
 
     # --- control plane side -------------------------------------------------------------------
     def install(self, table: ForwardingTable) -> None:
@@ -515,12 +524,16 @@ class Forwarder:
             if session is None:
                 if len(flows) >= table.flows or self.session_count >= table.sessions:
                     return self._overflow(table, svc, None, src, syn or proto == 17)
-                t = svc.selector.pick(src, state.load)
+                t = self._synced(svc, src, syn or proto == 17, now) if svc.synced else None
                 if t is None:
-                    return None
+                    t = svc.selector.pick(src, state.load)
+                    if t is None:
+                        return None
                 session = state.sessions[src] = Session(t, now)
                 state.load[t] += 1
                 self.session_count += 1
+                if self.session_log is not None:
+                    self._log(state, src, t)
             else:
                 if len(flows) >= table.flows:
                     return self._overflow(table, svc, session, src, syn or proto == 17)
@@ -565,7 +578,28 @@ class Forwarder:
         state.load[session.target] -= 1
         session.target = t
         state.load[t] += 1
+        if self.session_log is not None:
+            self._log(state, src, t)
         return t
+
+    def _synced(self, svc: Service, src: bytes, new_conn: bool, now: float) -> int | None:
+        """The target of the peer's session for a client new here, if it may take this flow (used once)."""
+        hint = svc.synced.pop(src, None)
+        if hint is None or hint[1] < now:
+            return None
+        t = hint[0]
+        if t in svc.active or (not new_conn and t in svc.forward):
+            self.stats.synced_followed += 1
+            return t
+        return None
+
+    def _log(self, state: ServiceState, src: bytes, t: int) -> None:
+        log = self.session_log
+        assert log is not None
+        if len(log) >= SESSION_LOG:
+            self.stats.session_log_overflow += 1
+        else:
+            log.append((state, src, t))
 
     def _overflow(
         self, table: ForwardingTable, svc: Service, session: Session | None, src: bytes, new_conn: bool

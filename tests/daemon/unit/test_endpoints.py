@@ -58,6 +58,9 @@ class FakeDaemon:
     async def show_bgp(self) -> dict[str, Any]:
         return self.bgp_status()
 
+    def show_bngsync(self) -> dict[str, Any]:
+        return {"state": "disabled"}
+
     async def reload(self) -> tuple[bool, list[str]]:
         return True, []
 

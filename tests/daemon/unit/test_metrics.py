@@ -73,6 +73,23 @@ class FakeDaemon:
     async def show_bgp(self) -> dict[str, Any]:
         return self.bgp_status()
 
+    def show_bngsync(self) -> dict[str, Any]:
+        return {
+            "state": "active",
+            "syncpeer": "172.16.1.251",
+            "peer": "standby",
+            "packets_sent": 12,
+            "packets_received": 9,
+            "packets_resent": 1,
+            "batches_lost": 0,
+            "sessions_sent": 40,
+            "sessions_received": 0,
+            "sessions_overflow": 0,
+            "full_resyncs_sent": 2,
+            "sessions_held": 0,
+            "drops": {"not_syncpeer": 3},
+        }
+
 
 def exposition() -> str:
     return metrics.render(FakeDaemon()) + metrics.endpoint_metrics({"metrics": views.Endpoint(4)})
@@ -128,6 +145,12 @@ def test_values() -> None:
     assert found["dsrlb_vrrp_master"]["samples"] == {'dsrlb_vrrp_master{vrid="7"}': 1}
     assert found["dsrlb_ruleset_restored_total"]["samples"] == {
         'dsrlb_ruleset_restored_total{access="nftables"}': 1
+    }
+    assert found["dsrlb_bngsync_sessions_sent_total"]["samples"] == {
+        'dsrlb_bngsync_sessions_sent_total{syncpeer="172.16.1.251"}': 40
+    }
+    assert found["dsrlb_bngsync_dropped_packets_total"]["samples"] == {
+        'dsrlb_bngsync_dropped_packets_total{syncpeer="172.16.1.251",reason="not_syncpeer"}': 3
     }
 
 

@@ -215,7 +215,7 @@ BALANCERS = {
 }
 
 
-def vrrp_config(host="lb1", vrrp=None, hosts=tuple(BALANCERS), hostvars=None):
+def vrrp_config(host="lb1", vrrp=None, hosts=tuple(BALANCERS), hostvars=None, sync=False):
     vrrp = VRRP if vrrp is None else vrrp
     hv = HOSTVARS | BALANCERS | (hostvars or {})
     return balancer_config(
@@ -227,6 +227,7 @@ def vrrp_config(host="lb1", vrrp=None, hosts=tuple(BALANCERS), hostvars=None):
         vrrp=vrrp,
         balancer_hosts=list(hosts),
         host=host,
+        sync=sync,
     )
 
 
@@ -273,3 +274,20 @@ def test_vrrp_peers_render_as_the_daemon_reads_them():
 def test_bad_vrrp_peers_are_an_error_that_names_the_host(kwargs, message):
     with pytest.raises(AnsibleFilterError, match=message):
         vrrp_config("lb1", **kwargs)
+
+
+# --- bngsync -------------------------------------------------------------------------------------------
+
+
+def test_sync_makes_the_other_balancer_of_the_pair_the_syncpeer():
+    pair = vrrp_config("lb1", hosts=("lb1", "lb2"), sync=True)
+    assert [net.get("syncpeer") for net in pair["networks"]] == ["172.16.1.251"]
+    assert "syncpeer" not in vrrp_config("lb1", hosts=("lb1", "lb2"))["networks"][0]  # sync off
+    assert "syncpeer" not in vrrp_config("lb4", vrrp=dict(VRRP, vrid=8), sync=True)["networks"][0]  # alone
+
+
+def test_sync_refuses_a_virtual_router_of_more_than_two_balancers():
+    with pytest.raises(
+        AnsibleFilterError, match="dsrlb_sync: bngsync pairs one master with one backup, but vrid 7 has 3"
+    ):
+        vrrp_config("lb1", sync=True)

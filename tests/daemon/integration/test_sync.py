@@ -1,0 +1,269 @@
+"""bngsync between a VRRP pair (issue 16), end to end: the seed network in namespaces with two balancers,
+lb1 (172.16.1.252, priority 200) and lb2 (172.16.1.251, priority 100), `syncpeer` each other, `preempt
+off`, and two virtual servers whose method picks per client: `rr` on 172.16.1.10 and `leastsessions` on
+172.16.1.11, both to web1 and web2. Every failover is a clean stop of the master under load.
+
+  1. 20 clients get a target from lb1; lb1 stops: every client gets the same target from lb2 for its new
+     connections, and no request of the load fails.
+  2. lb1 restarts as backup: lb2 sends it the whole table at once (sessionautoresync); lb2 stops: every
+     client still keeps its target, now through lb1.
+  3. long-lived connections to web1 are open, web1 is drained on lb1 (the master): lb2 (restarted) learns
+     it; lb1 stops: on lb2 web1 is still draining, its open connections keep working on web1, and the
+     clients whose target was web1 move to web2 for new connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dsr_lab import CLIENT_SOURCES, HTTP_CLIENT, HTTP_SERVER, PYTHON, SEED, WEBS, Lab
+
+from dsrlb_tools.netns import Topology
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="integration tests need root: they create network namespaces"
+    ),
+]
+
+PREFIX = "dsrlb-sy"
+VIPS = {"rr": "172.16.1.10", "leastsessions": "172.16.1.11"}
+REALS = {"lb1": "172.16.1.252", "lb2": "172.16.1.251"}
+CLIENTS = CLIENT_SOURCES[:20]
+LONG_LIVED = CLIENT_SOURCES[20:26]
+LOAD = CLIENT_SOURCES[26:31]
+
+# HTTP/1.1 connections from each source (argv 2...) kept open, one GET every 0.2 s each, until a line
+# arrives on stdin; prints {source: [body or "ERR ..." per request]}.
+KEEP_ALIVE = """
+import http.client, json, sys, threading, time
+vip, sources = sys.argv[1], sys.argv[2:]
+done, seen = threading.Event(), {s: [] for s in sources}
+def run(src):
+    conn = http.client.HTTPConnection(vip, 80, timeout=2, source_address=(src, 0))
+    while not done.is_set():
+        try:
+            conn.request("GET", "/")
+            seen[src].append(conn.getresponse().read().decode().strip())
+        except OSError as err:
+            seen[src].append(f"ERR {err}")
+            return
+        time.sleep(0.2)
+threads = [threading.Thread(target=run, args=(s,)) for s in sources]
+for t in threads:
+    t.start()
+print("ready", flush=True)
+sys.stdin.readline()
+done.set()
+for t in threads:
+    t.join()
+print(json.dumps(seen))
+"""
+
+# New connections from each source (argv 3...) to the VIP in rounds until a line arrives on stdin; prints
+# {"ok": N, "failed": [errors]}.
+LOAD_LOOP = """
+import http.client, json, sys, threading
+vip, timeout, sources = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+done, ok, failed = threading.Event(), [0], []
+def run(src):
+    while not done.is_set():
+        try:
+            conn = http.client.HTTPConnection(vip, 80, timeout=timeout, source_address=(src, 0))
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            conn.close()
+            ok[0] += 1
+        except OSError as err:
+            failed.append(f"{src}: {err}")
+threads = [threading.Thread(target=run, args=(s,)) for s in sources]
+for t in threads:
+    t.start()
+print("ready", flush=True)
+sys.stdin.readline()
+done.set()
+for t in threads:
+    t.join()
+print(json.dumps({"ok": ok[0], "failed": failed}))
+"""
+
+
+def config(name: str) -> str:
+    """The seed plus a second VIP, methods that pick per client, VRRP and bngsync."""
+    peer = REALS["lb2" if name == "lb1" else "lb1"]
+    text = SEED.read_text().replace(
+        "          targets 1,2\n",
+        "          targets 1,2\n          method rr\n          session 120\n",
+    )
+    text = text.replace("register  server 1\nenable    server 1\n", "")
+    text = text.replace(
+        "          virt 172.16.1.253\n", f"          virt 172.16.1.253\n          syncpeer {peer}\n"
+    )
+    text = text.replace("          real 172.16.1.252\n", f"          real {REALS[name]}\n")
+    return (
+        "set { sessionautoresync 1\n sessionsyncack 1 }\n"
+        + text
+        + f"""
+server 2 {{
+    ipaddr {VIPS["leastsessions"]}
+    port 80
+    protocol tcp
+    targets 1,2
+    method leastsessions
+    session 120
+}}
+register servers 1,2
+enable servers 1,2
+vrrp {{
+    vrid 61
+    priority {200 if name == "lb1" else 100}
+    network 1
+    advert 100
+    preempt off
+    peers {peer}
+}}
+"""
+    )
+
+
+class SyncLab(Lab):
+    def __init__(self, topo: Topology, workdir: Path) -> None:
+        super().__init__(topo, workdir)
+        self.daemons: dict[str, Any] = {}
+
+    def build(self) -> None:
+        self.build_edge()
+        for name, real in REALS.items():
+            self.add_balancer(name, real)
+        self.build_targets()
+        for web in WEBS:
+            self.topo.addr(web, f"{VIPS['leastsessions']}/32", "lo")
+
+    def start_web(self, name: str) -> None:  # keep-alive, for the long-lived connections
+        self.webs[name] = self.topo.popen(name, PYTHON, "-c", HTTP_SERVER, name, "HTTP/1.1")
+
+    def paths(self, name: str) -> tuple[Path, Path, Path]:
+        return self.workdir / f"{name}.conf", self.workdir / f"{name}.sock", self.workdir / f"{name}.log"
+
+    def start(self, name: str) -> None:
+        conf, sock, log = self.paths(name)
+        conf.write_text(config(name))
+        self.daemons[name] = self.run_daemon(name, conf, sock, log)
+
+    def stop(self, name: str) -> None:
+        assert self.topo.stop(self.daemons.pop(name), timeout=10) == 0, self.log_of(name)
+
+    def log_of(self, name: str) -> str:
+        return self.paths(name)[2].read_text()[-3000:]
+
+    def view(self, name: str, what: str) -> Any:
+        res = self.ctl("show", what, "--json", sock=self.paths(name)[1])
+        assert res.returncode == 0, f"{name}: show {what}: {res.stderr}\n{self.log_of(name)}"
+        return json.loads(res.stdout)
+
+    def wait(self, name: str, what: str, ok: Any, timeout: float = 20) -> Any:
+        end = time.monotonic() + timeout
+        while True:
+            proc = self.daemons.get(name)
+            assert proc is not None and proc.poll() is None, f"{name} died:\n{self.log_of(name)}"
+            found = self.view(name, what) if self.paths(name)[1].exists() else None
+            if found is not None and ok(found):
+                return found
+            assert time.monotonic() < end, f"{name}: show {what} = {found}\n{self.log_of(name)}"
+            time.sleep(0.2)
+
+    def targets(self, method: str, sources: list[str] = CLIENTS) -> dict[str, str]:
+        res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, VIPS[method], "2", *sources, timeout=60)
+        return json.loads(res.stdout)
+
+    def background(self, code: str, *args: str) -> Any:
+        pipe = subprocess.PIPE
+        proc = self.topo.popen("client", PYTHON, "-c", code, *args, stdin=pipe, stdout=pipe, stderr=pipe)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    @staticmethod
+    def finish(proc: Any) -> Any:
+        out, err = proc.communicate("go\n", timeout=30)
+        assert proc.returncode == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def slab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncLab]:
+    with Topology(PREFIX) as topo:
+        lab = SyncLab(topo, tmp_path_factory.mktemp("dsrlb-sy"))
+        lab.build()
+        lab.start("lb1")
+        lab.wait("lb1", "vrrp", lambda v: v["state"] == "master")
+        lab.start("lb2")
+        lab.wait("lb2", "vrrp", lambda v: v["state"] == "backup")
+        yield lab
+
+
+def failover(lab: SyncLab, old: str, new: str) -> dict[str, Any]:
+    """Stop the master `old` cleanly under load; `new` takes over. Returns the load's outcome."""
+    load = lab.background(LOAD_LOOP, VIPS["rr"], "2", *LOAD)
+    time.sleep(1)
+    lab.stop(old)
+    lab.wait(new, "vrrp", lambda v: v["state"] == "master")
+    time.sleep(1)
+    return lab.finish(load)
+
+
+def test_clients_keep_their_targets_across_a_failover(slab: SyncLab) -> None:
+    before = {m: slab.targets(m) for m in VIPS}
+    for method, got in before.items():
+        assert set(got.values()) == set(WEBS), (method, got)  # both targets serve
+    held = len(CLIENTS) * len(VIPS)
+    synced = slab.wait("lb2", "bngsync", lambda v: v["sessions_held"] >= held and v["peer"] == "forwarding")
+    assert synced["syncpeer_mac"] == slab.topo.mac("lb1") and not synced["drops"], synced
+    load = failover(slab, "lb1", "lb2")
+    assert not load["failed"] and load["ok"] > 20, load
+    after = {m: slab.targets(m) for m in VIPS}
+    assert after == before
+    followed = slab.view("lb2", "stats")
+    assert followed["synced_followed"] >= held, followed
+
+
+def test_a_restarted_backup_gets_the_whole_table_back(slab: SyncLab) -> None:
+    before = {m: slab.targets(m) for m in VIPS}
+    slab.start("lb1")
+    slab.wait("lb1", "vrrp", lambda v: v["state"] == "backup")
+    held = len(CLIENTS) * len(VIPS)
+    got = slab.wait("lb1", "bngsync", lambda v: v["sessions_held"] >= held and v["last_full_resync_received"])
+    assert got["peer"] == "forwarding", got
+    load = failover(slab, "lb2", "lb1")
+    assert not load["failed"], load
+    assert {m: slab.targets(m) for m in VIPS} == before
+
+
+def test_drain_travels_and_open_connections_survive_the_failover(slab: SyncLab) -> None:
+    slab.start("lb2")
+    slab.wait("lb2", "vrrp", lambda v: v["state"] == "backup")
+    slab.wait("lb2", "bngsync", lambda v: v["peer"] == "forwarding")
+    before = slab.targets("rr")
+    long_lived = slab.background(KEEP_ALIVE, VIPS["rr"], *LONG_LIVED)
+    time.sleep(1)
+    slab.ctl("target", "drain", "1", sock=slab.paths("lb1")[1])
+    slab.wait(
+        "lb2", "targets", lambda ts: next(t for t in ts if t["id"] == 1)["admin"] in ("draining", "drained")
+    )
+    failover(slab, "lb1", "lb2")
+    time.sleep(1)
+    seen = slab.finish(long_lived)
+    on_web1 = {src: bodies for src, bodies in seen.items() if bodies and bodies[0] == "web1"}
+    assert on_web1, f"no long-lived connection landed on web1: {seen}"
+    for src, bodies in seen.items():
+        assert len(bodies) > 15 and set(bodies) == {bodies[0]}, (src, bodies)  # no error, never moved
+    assert next(t for t in slab.view("lb2", "targets") if t["id"] == 1)["admin"] in ("draining", "drained")
+    after = slab.targets("rr")
+    assert {src: "web2" if t == "web1" else t for src, t in before.items()} == after
