@@ -1,9 +1,9 @@
 """Run the collection's modules for real through `ansible localhost -c local`.
 
-loopback_alias and arp_sysctl run inside a throwaway network namespace (name prefix `dsrlbct-<pid>-`),
-so they change real kernel state without touching the host's own addresses or sysctls; the balancer
-modules talk to a real dsrlb daemon running in such namespaces. Namespaces left behind by a crashed
-earlier run (whose pid is gone) are removed at the start.
+loopback_alias and arp_sysctl run inside a throwaway network namespace (name prefix `dsrlbct-<pid>-`,
+or DSRLB_TEST_NETNS_PREFIX), so they change real kernel state without touching the host's own addresses
+or sysctls; the balancer modules talk to a real dsrlb daemon running in such namespaces. Namespaces
+left behind by a crashed earlier run (whose pid is gone) are removed at the start.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / ".venv" / "bin" / "ansible"
 DSRLB = ROOT / ".venv" / "bin" / "dsrlb"
 SEED = ROOT / "examples" / "dsr-example.conf"  # the seed config, byte for byte
-PREFIX = "dsrlbct-"
+# DSRLB_TEST_NETNS_PREFIX keeps two checkouts testing on one host out of each other's namespaces.
+PREFIX = os.environ.get("DSRLB_TEST_NETNS_PREFIX", "dsrlbct-")
 _counter = itertools.count()
 
 
