@@ -52,6 +52,7 @@ KERNEL_POLL = 0.5  # seconds between reads of the kernel's counters (and checks 
 GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that learned a wrong MAC recovers
 SYNC_TICK = 0.1  # seconds between bngsync batches of new and moved sessions
 SYNC_BATCH = 20000  # sessions taken from the forwarder's log per tick at most
+FLOW_SYNC = 1.0  # access nftables: seconds between listings of the kernel's flow map for bngsync
 
 
 class StartupError(Exception):
@@ -147,6 +148,10 @@ class Daemon:
         self._forwarding = False  # the forwarding table installed last forwards (for hand-over of hints)
         self.hints: dict[int, dict[bytes, tuple[int, float]]] = {}  # server id -> the peer's sessions
         self._hints_until = 0.0  # the peer's sessions handed to the forwarder are dropped after this
+        self._flows_sent: dict[tuple, str] = {}  # access nftables: flow -> target MAC, as last sent
+        self._flows_due = 0.0  # when the kernel's flow map is listed next
+        self._flows_in: list[tuple] = []  # the peer's flows, for our kernel's flow map at the next tick
+        self.flows_refused = 0  # the peer's flows our kernel's flow map did not take (full)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def main(self) -> int:
@@ -718,6 +723,7 @@ class Daemon:
             on_admin=self._peer_admin,
             on_resync=self._peer_restarted,
             on_sessions=self._peer_sessions,
+            on_flows=self._peer_flows,
             forwarding=lambda: self._forwarding,
         )
         try:
@@ -788,11 +794,63 @@ class Daemon:
             lost = self.forwarder.stats.session_log_overflow
             if self._resync and self._forwarding:  # a node that just started has no drain state to give
                 peer.send_admin(self._admin_records(list(self.runtime)))
-            if self._forwarding and (self._resync or now >= self._full_due or lost != overflow):
-                self._resync, overflow = False, lost
+            full = self._forwarding and (self._resync or now >= self._full_due or lost != overflow)
+            if full:
+                overflow = lost
                 self._full_due = now + self._refresh_period()
                 peer.send_sessions(self._wire_sessions(await self._snapshot()), full=True)
+            if self.kernel_forwards and self._forwarding and (full or now >= self._flows_due):
+                self._flows_due = now + FLOW_SYNC
+                await self._send_kernel_flows(peer, full)
             self._resync = False
+            if self._flows_in:
+                flows, self._flows_in = self._flows_in, []
+                self.flows_refused += self.kernel.add_flows(flows)
+
+    async def _send_kernel_flows(self, peer: sync.SyncPeer, full: bool) -> None:
+        """Access nftables: the kernel's flows that are new or changed target since the last listing
+        (all of them when `full`), with the seconds each has left. IPv4 flows only."""
+        try:
+            rows = await asyncio.to_thread(self.kernel.flows)
+        except NftError as err:
+            log.warning("bngsync: cannot list the kernel's flows: %s", err)
+            return
+        targets = {mac.hex(":"): ip for ip, mac in self._macs().items()}
+        listed: dict[tuple, str] = {}
+        out = []
+        for client, sport, vip, dport, mac, expires in rows:
+            target = targets.get(mac)
+            if target is None or ":" in client:
+                continue
+            key = (client, sport, vip, dport)
+            listed[key] = mac
+            if full or self._flows_sent.get(key) != mac:
+                out.append(
+                    sync.Flow(
+                        IPv4Address(client).packed,
+                        sport,
+                        IPv4Address(vip).packed,
+                        dport,
+                        target,
+                        int(expires),
+                    )
+                )
+        self._flows_sent = listed
+        if out:
+            peer.send_flows(out)
+
+    def _peer_flows(self, records: list[sync.Flow]) -> None:
+        """Access nftables: the peer's flows go to our kernel's flow map (at the next tick, in batches),
+        with their targets' MACs as we know them; bounded by the map's capacity."""
+        if not self.kernel_forwards or self.config is None:
+            return
+        macs = self._macs()
+        room = self.config.settings.flows - len(self._flows_in)
+        for r in records[: max(0, room)]:
+            mac = macs.get(r.target)
+            if mac is not None and len(r.client) == 4:
+                client, vip = IPv4Address(r.client), IPv4Address(r.vip)
+                self._flows_in.append((client, r.sport, vip, r.dport, mac.hex(":"), r.ttl))
 
     def _refresh_period(self) -> float:
         """A third of the shortest session timeout (1 s to 60 s): the peer's copies never run out."""
@@ -867,7 +925,7 @@ class Daemon:
     def show_bngsync(self) -> dict[str, Any]:
         if self.sync is None:
             return {"state": "error" if self.sync_error else "disabled", "error": self.sync_error}
-        return self.sync.view()
+        return self.sync.view() | {"flows_refused": self.flows_refused}
 
     # --- views.Status -------------------------------------------------------------------------
     def show_targets(self) -> list[dict[str, Any]]:

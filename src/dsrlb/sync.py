@@ -37,13 +37,14 @@ PORT = 10439  # BalanceNG's bngsync port
 VERSION = 1
 HEADER = struct.Struct("!4sBBBxII")  # magic, version, kind, flags, sequence number, sender's boot id
 MAGIC = b"DSRS"
-HELLO, ACK, SESSIONS, ADMIN = 1, 2, 3, 4
-KINDS = {HELLO: "hello", ACK: "ack", SESSIONS: "sessions", ADMIN: "admin"}
+HELLO, ACK, SESSIONS, ADMIN, FLOWS = 1, 2, 3, 4, 5
+KINDS = {HELLO: "hello", ACK: "ack", SESSIONS: "sessions", ADMIN: "admin", FLOWS: "flows"}
 WANTS_ACK, FULL = 1, 2  # flags: acknowledge this datagram; part of a whole table
 HELLO_BODY = struct.Struct("!B")  # the sender forwards: 0|1
 ACK_BODY = struct.Struct("!I")
 SESSION = struct.Struct("!BBHH")  # address length (4|16), IP protocol, port, ttl; then VIP, client, target
 ADMIN_RECORD = struct.Struct("!BB")  # address length, admin state; then the target's address
+FLOW = struct.Struct("!BxHHH")  # address length, client port, VIP port, ttl; then client, VIP, target
 ADMIN_STATES = ("enabled", "draining", "disabled")
 MAX_DATAGRAM = 1400  # below any Ethernet MTU: never fragmented
 HELLO_INTERVAL = 1.0
@@ -79,6 +80,18 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class Flow:
+    """A connection the kernel fast path (access nftables) follows, in wire terms."""
+
+    client: bytes
+    sport: int
+    vip: bytes
+    dport: int
+    target: bytes
+    ttl: int
+
+
+@dataclass(frozen=True)
 class Message:
     kind: int
     flags: int
@@ -98,6 +111,13 @@ def encode_sessions(sessions: Iterable[Session]) -> Iterator[bytes]:
 def encode_admin(states: Iterable[Admin]) -> Iterator[bytes]:
     yield from _batches(
         ADMIN_RECORD.pack(len(a.target), ADMIN_STATES.index(a.state)) + a.target for a in states
+    )
+
+
+def encode_flows(flows: Iterable[Flow]) -> Iterator[bytes]:
+    yield from _batches(
+        FLOW.pack(len(f.vip), f.sport, f.dport, min(f.ttl, 0xFFFF)) + f.client + f.vip + f.target
+        for f in flows
     )
 
 
@@ -143,6 +163,21 @@ def decode_sessions(body: bytes) -> list[Session]:
     return out
 
 
+def decode_flows(body: bytes) -> list[Flow]:
+    out, at = [], 0
+    while at < len(body):
+        if at + FLOW.size > len(body):
+            raise SyncError("truncated flow record")
+        size, sport, dport, ttl = FLOW.unpack_from(body, at)
+        at += FLOW.size
+        if size not in (4, 16) or at + 3 * size > len(body):
+            raise SyncError("bad flow record")
+        client, vip, target = (body[at + i * size : at + (i + 1) * size] for i in range(3))
+        at += 3 * size
+        out.append(Flow(client, sport, vip, dport, target, ttl))
+    return out
+
+
 def decode_admin(body: bytes) -> list[Admin]:
     out, at = [], 0
     while at < len(body):
@@ -178,6 +213,8 @@ class Counters:
     lost: int = 0  # batches given up unacknowledged (or queued beyond SEND_QUEUE)
     sessions_sent: int = 0
     sessions_received: int = 0
+    flows_sent: int = 0
+    flows_received: int = 0
     overflow: int = 0  # peer sessions not kept: the table was full
     full_sent: int = 0  # whole tables sent
     drops: collections.Counter = field(default_factory=collections.Counter)  # datagrams, by reason
@@ -216,15 +253,17 @@ class SyncPeer(asyncio.DatagramProtocol):
         on_admin: Callable[[list[Admin]], None],
         on_resync: Callable[[], None],
         on_sessions: Callable[[list[Session]], None],
+        on_flows: Callable[[list[Flow]], None],
         forwarding: Callable[[], bool],
         port: int = PORT,
     ) -> None:
         self.local, self.peer, self.port = local, peer, port
         self.autoresync, self.acks, self.capacity = autoresync, acks, capacity
-        self.on_admin, self.on_resync, self.on_sessions, self.forwarding = (
+        self.on_admin, self.on_resync, self.on_sessions, self.on_flows, self.forwarding = (
             on_admin,
             on_resync,
             on_sessions,
+            on_flows,
             forwarding,
         )
         self.boot = int.from_bytes(os.urandom(4), "big") or 1
@@ -273,6 +312,11 @@ class SyncPeer(asyncio.DatagramProtocol):
         if full:
             self.counters.full_sent += 1
             self.last_full_sent = time.time()
+
+    def send_flows(self, flows: list[Flow]) -> None:
+        for body in encode_flows(flows):
+            self._enqueue(FLOWS, body, 0)
+        self.counters.flows_sent += len(flows)
 
     def send_admin(self, states: list[Admin]) -> None:
         for body in encode_admin(states):
@@ -371,11 +415,16 @@ class SyncPeer(asyncio.DatagramProtocol):
                 raise SyncError("bad ack")
             self._unacked.pop(ACK_BODY.unpack(m.body)[0], None)
             return
-        records: list[Any] = decode_sessions(m.body) if m.kind == SESSIONS else decode_admin(m.body)
+        decode = {SESSIONS: decode_sessions, ADMIN: decode_admin, FLOWS: decode_flows}[m.kind]
+        records: list[Any] = decode(m.body)
         if m.flags & WANTS_ACK:
             self._send(pack(ACK, 0, 0, self.boot, ACK_BODY.pack(m.seq)))
         if m.kind == ADMIN:
             self.on_admin(records)
+            return
+        if m.kind == FLOWS:
+            self.counters.flows_received += len(records)
+            self.on_flows(records)
             return
         if m.flags & FULL:
             self.last_full_received = time.time()
@@ -424,6 +473,8 @@ class SyncPeer(asyncio.DatagramProtocol):
             "packets_received": c.received,
             "packets_resent": c.resent,
             "batches_lost": c.lost,
+            "flows_sent": c.flows_sent,
+            "flows_received": c.flows_received,
             "sessions_sent": c.sessions_sent,
             "sessions_received": c.sessions_received,
             "sessions_held": len(self.table),

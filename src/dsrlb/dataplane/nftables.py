@@ -37,6 +37,7 @@ Flow = tuple[str, int, str, int, str, int]  # client, its port, VIP, port, targe
 KEY = "ip saddr . th sport . ip daddr . th dport"  # a flow: what the Python forwarder keys flows by
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 FLOW_TYPE = "ipv4_addr . inet_service . ipv4_addr . inet_service : ether_addr"
+FLOW_BATCH = 500  # flow map entries per transaction of `add_flows`
 
 
 class NftError(Exception):
@@ -276,6 +277,22 @@ class KernelTable:
                 src, sport, dst, dport = elem.get("val", key)["concat"]
                 out.append((src, sport, dst, dport, mac, elem.get("expires", 0)))
         return out
+
+    def add_flows(self, flows: list[Flow]) -> int:
+        """Record flows another node followed (bngsync), each with its own timeout, in transactions of
+        FLOW_BATCH; an entry that exists keeps its target. Returns how many could not be added (a full
+        map refuses a whole transaction)."""
+        refused = 0
+        for chunk in _chunks(flows, FLOW_BATCH):
+            elements = ", ".join(
+                f"{c} . {sp} . {v} . {dp} timeout {max(1, ttl)}s : {mac}" for c, sp, v, dp, mac, ttl in chunk
+            )
+            try:
+                self._run(f"add element netdev {self.name} flows {{ {elements} }}\n")
+            except NftError as err:
+                log.warning("nftables: %d synced flows not recorded: %s", len(chunk), err)
+                refused += len(chunk)
+        return refused
 
     def remove(self) -> None:
         """Delete the table (clean stop): the kernel forwards and drops nothing for us any more."""

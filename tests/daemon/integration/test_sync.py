@@ -1,15 +1,17 @@
 """bngsync between a VRRP pair (issue 16), end to end: the seed network in namespaces with two balancers,
 lb1 (172.16.1.252, priority 200) and lb2 (172.16.1.251, priority 100), `syncpeer` each other, `preempt
-off`, and two virtual servers whose method picks per client: `rr` on 172.16.1.10 and `leastsessions` on
-172.16.1.11, both to web1 and web2. Every failover is a clean stop of the master under load.
+off`, and two virtual servers on 172.16.1.10 and 172.16.1.11, both to web1 and web2. With `access raw`
+their methods pick per client (`rr`, `leastsessions`); with `access nftables` they hash (`maglev`), and
+the kernel's flow map is what travels. Every failover is a clean stop of the master under load.
 
   1. 20 clients get a target from lb1; lb1 stops: every client gets the same target from lb2 for its new
      connections, and no request of the load fails.
   2. lb1 restarts as backup: lb2 sends it the whole table at once (sessionautoresync); lb2 stops: every
      client still keeps its target, now through lb1.
   3. long-lived connections to web1 are open, web1 is drained on lb1 (the master): lb2 (restarted) learns
-     it; lb1 stops: on lb2 web1 is still draining, its open connections keep working on web1, and the
-     clients whose target was web1 move to web2 for new connections.
+     it; lb1 stops: on lb2 web1 is still draining, its open connections keep working on web1 (with
+     nftables: because lb2's kernel got lb1's flows; its hash sends them to web2), and the clients whose
+     target was web1 move to web2 for new connections.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ pytestmark = [
 ]
 
 PREFIX = "dsrlb-sy"
-VIPS = {"rr": "172.16.1.10", "leastsessions": "172.16.1.11"}
+VIPS = ("172.16.1.10", "172.16.1.11")
+METHODS = {"raw": ("rr", "leastsessions"), "nftables": ("maglev", "maglev")}
 REALS = {"lb1": "172.16.1.252", "lb2": "172.16.1.251"}
 CLIENTS = CLIENT_SOURCES[:20]
 LONG_LIVED = CLIENT_SOURCES[20:26]
@@ -96,28 +99,30 @@ print(json.dumps({"ok": ok[0], "failed": failed}))
 """
 
 
-def config(name: str) -> str:
-    """The seed plus a second VIP, methods that pick per client, VRRP and bngsync."""
+def config(name: str, access: str) -> str:
+    """The seed plus a second VIP, the access mode and its methods, VRRP and bngsync."""
+    first, second = METHODS[access]
     peer = REALS["lb2" if name == "lb1" else "lb1"]
     text = SEED.read_text().replace(
         "          targets 1,2\n",
-        "          targets 1,2\n          method rr\n          session 120\n",
+        f"          targets 1,2\n          method {first}\n          session 120\n",
     )
     text = text.replace("register  server 1\nenable    server 1\n", "")
     text = text.replace(
         "          virt 172.16.1.253\n", f"          virt 172.16.1.253\n          syncpeer {peer}\n"
     )
     text = text.replace("          real 172.16.1.252\n", f"          real {REALS[name]}\n")
+    text = text.replace("          access raw\n", f"          access {access}\n")
     return (
         "set { sessionautoresync 1\n sessionsyncack 1 }\n"
         + text
         + f"""
 server 2 {{
-    ipaddr {VIPS["leastsessions"]}
+    ipaddr {VIPS[1]}
     port 80
     protocol tcp
     targets 1,2
-    method leastsessions
+    method {second}
     session 120
 }}
 register servers 1,2
@@ -135,9 +140,10 @@ vrrp {{
 
 
 class SyncLab(Lab):
-    def __init__(self, topo: Topology, workdir: Path) -> None:
+    def __init__(self, topo: Topology, workdir: Path, access: str) -> None:
         super().__init__(topo, workdir)
         self.daemons: dict[str, Any] = {}
+        self.access = access
 
     def build(self) -> None:
         self.build_edge()
@@ -145,7 +151,7 @@ class SyncLab(Lab):
             self.add_balancer(name, real)
         self.build_targets()
         for web in WEBS:
-            self.topo.addr(web, f"{VIPS['leastsessions']}/32", "lo")
+            self.topo.addr(web, f"{VIPS[1]}/32", "lo")
 
     def start_web(self, name: str) -> None:  # keep-alive, for the long-lived connections
         self.webs[name] = self.topo.popen(name, PYTHON, "-c", HTTP_SERVER, name, "HTTP/1.1")
@@ -155,7 +161,7 @@ class SyncLab(Lab):
 
     def start(self, name: str) -> None:
         conf, sock, log = self.paths(name)
-        conf.write_text(config(name))
+        conf.write_text(config(name, self.access))
         self.daemons[name] = self.run_daemon(name, conf, sock, log)
 
     def stop(self, name: str) -> None:
@@ -180,9 +186,16 @@ class SyncLab(Lab):
             assert time.monotonic() < end, f"{name}: show {what} = {found}\n{self.log_of(name)}"
             time.sleep(0.2)
 
-    def targets(self, method: str, sources: list[str] = CLIENTS) -> dict[str, str]:
-        res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, VIPS[method], "2", *sources, timeout=60)
+    def targets(self, vip: str, sources: list[str] = CLIENTS) -> dict[str, str]:
+        res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, vip, "2", *sources, timeout=60)
         return json.loads(res.stdout)
+
+    def all_targets(self) -> dict[str, dict[str, str]]:
+        return {vip: self.targets(vip) for vip in VIPS}
+
+    def synced(self, view: dict[str, Any], held: int) -> bool:
+        """The peer's state arrived: sessions (raw) or the kernel's flows (nftables)."""
+        return (view["sessions_held"] if self.access == "raw" else view["flows_received"]) >= held
 
     def background(self, code: str, *args: str) -> Any:
         pipe = subprocess.PIPE
@@ -197,10 +210,10 @@ class SyncLab(Lab):
         return json.loads(out)
 
 
-@pytest.fixture(scope="module")
-def slab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncLab]:
+@pytest.fixture(scope="module", params=["raw", "nftables"])
+def slab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncLab]:
     with Topology(PREFIX) as topo:
-        lab = SyncLab(topo, tmp_path_factory.mktemp("dsrlb-sy"))
+        lab = SyncLab(topo, tmp_path_factory.mktemp("dsrlb-sy"), request.param)
         lab.build()
         lab.start("lb1")
         lab.wait("lb1", "vrrp", lambda v: v["state"] == "master")
@@ -211,7 +224,7 @@ def slab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncLab]:
 
 def failover(lab: SyncLab, old: str, new: str) -> dict[str, Any]:
     """Stop the master `old` cleanly under load; `new` takes over. Returns the load's outcome."""
-    load = lab.background(LOAD_LOOP, VIPS["rr"], "2", *LOAD)
+    load = lab.background(LOAD_LOOP, VIPS[0], "2", *LOAD)
     time.sleep(1)
     lab.stop(old)
     lab.wait(new, "vrrp", lambda v: v["state"] == "master")
@@ -220,38 +233,40 @@ def failover(lab: SyncLab, old: str, new: str) -> dict[str, Any]:
 
 
 def test_clients_keep_their_targets_across_a_failover(slab: SyncLab) -> None:
-    before = {m: slab.targets(m) for m in VIPS}
-    for method, got in before.items():
-        assert set(got.values()) == set(WEBS), (method, got)  # both targets serve
+    before = slab.all_targets()
+    for vip, got in before.items():
+        assert set(got.values()) == set(WEBS), (vip, got)  # both targets serve
     held = len(CLIENTS) * len(VIPS)
-    synced = slab.wait("lb2", "bngsync", lambda v: v["sessions_held"] >= held and v["peer"] == "forwarding")
+    synced = slab.wait("lb2", "bngsync", lambda v: slab.synced(v, held) and v["peer"] == "forwarding")
     assert synced["syncpeer_mac"] == slab.topo.mac("lb1") and not synced["drops"], synced
     load = failover(slab, "lb1", "lb2")
     assert not load["failed"] and load["ok"] > 20, load
-    after = {m: slab.targets(m) for m in VIPS}
-    assert after == before
-    followed = slab.view("lb2", "stats")
-    assert followed["synced_followed"] >= held, followed
+    assert slab.all_targets() == before
+    if slab.access == "raw":
+        followed = slab.view("lb2", "stats")
+        assert followed["synced_followed"] >= held, followed
 
 
 def test_a_restarted_backup_gets_the_whole_table_back(slab: SyncLab) -> None:
-    before = {m: slab.targets(m) for m in VIPS}
+    before = slab.all_targets()
     slab.start("lb1")
     slab.wait("lb1", "vrrp", lambda v: v["state"] == "backup")
     held = len(CLIENTS) * len(VIPS)
-    got = slab.wait("lb1", "bngsync", lambda v: v["sessions_held"] >= held and v["last_full_resync_received"])
-    assert got["peer"] == "forwarding", got
+    got = slab.wait("lb1", "bngsync", lambda v: slab.synced(v, held))
+    assert got["peer"] == "forwarding" and not got["flows_refused"], got
+    if slab.access == "raw":
+        assert got["last_full_resync_received"], got
     load = failover(slab, "lb2", "lb1")
     assert not load["failed"], load
-    assert {m: slab.targets(m) for m in VIPS} == before
+    assert slab.all_targets() == before
 
 
 def test_drain_travels_and_open_connections_survive_the_failover(slab: SyncLab) -> None:
     slab.start("lb2")
     slab.wait("lb2", "vrrp", lambda v: v["state"] == "backup")
     slab.wait("lb2", "bngsync", lambda v: v["peer"] == "forwarding")
-    before = slab.targets("rr")
-    long_lived = slab.background(KEEP_ALIVE, VIPS["rr"], *LONG_LIVED)
+    before = slab.targets(VIPS[0])
+    long_lived = slab.background(KEEP_ALIVE, VIPS[0], *LONG_LIVED)
     time.sleep(1)
     slab.ctl("target", "drain", "1", sock=slab.paths("lb1")[1])
     slab.wait(
@@ -265,5 +280,5 @@ def test_drain_travels_and_open_connections_survive_the_failover(slab: SyncLab) 
     for src, bodies in seen.items():
         assert len(bodies) > 15 and set(bodies) == {bodies[0]}, (src, bodies)  # no error, never moved
     assert next(t for t in slab.view("lb2", "targets") if t["id"] == 1)["admin"] in ("draining", "drained")
-    after = slab.targets("rr")
+    after = slab.targets(VIPS[0])
     assert {src: "web2" if t == "web1" else t for src, t in before.items()} == after

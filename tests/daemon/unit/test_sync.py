@@ -26,6 +26,11 @@ def test_sessions_and_admin_round_trip_in_datagrams_that_fit() -> None:
     bodies = list(sync.encode_sessions(sessions))
     assert all(len(b) + sync.HEADER.size <= sync.MAX_DATAGRAM for b in bodies) and len(bodies) > 2
     assert [s for b in bodies for s in sync.decode_sessions(b)] == sessions
+    flows = [
+        sync.Flow(bytes([10, 0, 0, i]), 1000 + i, b"\x0a\x00\x00\x0a", 80, b"\x0a\x00\x00\x64", 30)
+        for i in range(90)
+    ]
+    assert [f for b in sync.encode_flows(flows) for f in sync.decode_flows(b)] == flows
     admin = [sync.Admin(b"\x0a\x00\x00\x01", "draining"), sync.Admin(bytes(16), "disabled")]
     assert [a for b in sync.encode_admin(admin) for a in sync.decode_admin(b)] == admin
 
@@ -58,6 +63,7 @@ def test_random_damage_never_raises_anything_but_sync_error() -> None:
         try:
             sync.decode_sessions(bytes(damaged))
             sync.decode_admin(bytes(damaged))
+            sync.decode_flows(bytes(damaged))
         except sync.SyncError:
             pass
 
@@ -66,6 +72,7 @@ class Node:
     def __init__(self, local: IPv4Address, peer: IPv4Address, port: int, **options: object) -> None:
         self.admin: list[sync.Admin] = []
         self.sessions: list[sync.Session] = []
+        self.flows: list[sync.Flow] = []
         self.resyncs = 0
         settings = {"autoresync": True, "acks": True, "capacity": 1000, **options}
         self.peer = sync.SyncPeer(
@@ -74,6 +81,7 @@ class Node:
             on_admin=self.admin.extend,
             on_resync=self.resync,
             on_sessions=self.sessions.extend,
+            on_flows=self.flows.extend,
             forwarding=lambda: True,
             port=port,
             **settings,  # type: ignore[arg-type]
@@ -107,7 +115,10 @@ def test_two_endpoints_sync_acknowledge_and_resync_a_restarted_peer() -> None:
         assert a.resyncs == 1 and b.resyncs == 1  # each is new to the other
         a.peer.send_sessions([session(i) for i in range(200)], full=True)
         a.peer.send_admin([sync.Admin(b"\x0a\x00\x00\x64", "draining")])
-        await until(lambda: len(b.sessions) == 200 and b.admin)
+        a.peer.send_flows(
+            [sync.Flow(b"\x0a\x00\x00\x01", 5000, b"\x0a\x00\x00\x0a", 80, b"\x0a\x00\x00\x64", 9)]
+        )
+        await until(lambda: len(b.sessions) == 200 and b.admin and b.flows)
         await until(lambda: not a.peer._unacked)  # every batch acknowledged
         assert len(b.peer.table) == 150 and b.peer.counters.overflow == 50  # bounded, counted
         assert b.peer.last_full_received is not None and a.peer.view()["full_resyncs_sent"] == 1
