@@ -181,10 +181,11 @@ def transaction(new: Ruleset, old: Ruleset | None, table: str) -> str:
         )
     out.append(f"add rule {t} ingress ip daddr @addresses drop")
     out.append(f"add rule {t} ingress ip6 daddr @addresses6 drop")
-    # ARP and Neighbor Solicitations for them too: with HA mode bgp the VIPs are local addresses of the
-    # balancer (on the announcement device), which its kernel would answer for on every interface
-    # (arp_ignore 0; NDP alike); only the daemon decides who answers for a VIP. A solicitation goes to a
-    # multicast address, so it is the target field (ICMPv6 bytes 8-23) that names the VIP.
+    # ARP and Neighbor Solicitations for them too: only the daemon decides who answers for a VIP. With HA
+    # mode bgp the VIPs are local addresses of the balancer (on the announcement device), which its kernel
+    # answers ARP for on every interface (arp_ignore 0); Linux answers a solicitation only for addresses of
+    # the interface it came in on, so that drop matters for a VIP on the data interface itself. A
+    # solicitation goes to a multicast address: the target field (ICMPv6 bytes 8-23) names the VIP.
     out.append(f"add rule {t} ingress arp operation request arp daddr ip @addresses drop")
     out.append(f"add rule {t} ingress icmpv6 type nd-neighbor-solicit @th,64,128 @solicited6 drop")
     # 2. Delete what the new ruleset no longer has (nothing refers to it any more).
