@@ -15,7 +15,7 @@ import pytest
 from dsrlb import tables
 from dsrlb.config.parser import parse_file
 from dsrlb.dataplane.forwarder import ServiceState
-from dsrlb.dataplane.nftables import KEY6, ruleset, transaction
+from dsrlb.dataplane.nftables import KEY6, KernelTable, ruleset, transaction
 
 OWN = bytes.fromhex("020000000001")
 MACS = {
@@ -128,6 +128,28 @@ def test_an_ipv6_servers_flow_map_goes_with_it_and_is_rebuilt_with_a_new_capacit
     assert resized.index(f"delete map netdev dsrlb_eth0 f_{name}") < resized.index(
         f"add map netdev dsrlb_eth0 f_{name} {{ typeof {KEY6} : ether daddr; size 1024;"
     )
+
+
+def test_flows_lists_the_ipv4_map_and_each_ipv6_servers_by_the_clients_low_96_bits(monkeypatch):
+    kernel = KernelTable("eth0", nft="nft")
+    kernel.installed = rules({1: UP, 2: UP}, ipv6=True)
+    name = next(s.name for s in kernel.installed.services if s.family == 6)
+    mac = "02:00:00:00:00:0a"
+    listed = {  # as `nft -j list map` has them (nft 1.0.6): large numbers as strings
+        "flows": [
+            [{"elem": {"val": {"concat": ["198.18.0.10", 40000, "172.16.1.10", 80]}, "expires": 7}}, mac]
+        ],
+        f"f_{name}": [
+            [{"elem": {"val": {"concat": [65537, 40001]}, "expires": 3}}, mac],
+            [{"concat": ["0xab00cd00000000000000ff", 40002]}, mac],
+        ],
+    }
+    monkeypatch.setattr(kernel, "_json", lambda *args: [{"map": {"elem": listed[args[-1]]}}])
+    assert kernel.flows() == [
+        ("198.18.0.10", 40000, "172.16.1.10", 80, mac, 7),
+        ("::1:1", 40001, "2001:db8::10", 80, mac, 3),
+        ("0:0:ab:cd::ff", 40002, "2001:db8::10", 80, mac, 0),
+    ]
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nft")
