@@ -1,10 +1,12 @@
 """The Linux kernel's jhash and nftables' scaling of it, bit for bit.
 
-`access nftables` lets the kernel pick a target with `jhash ip saddr mod N seed S map @buckets`; the
-Python forwarder (`access raw`) must pick the same bucket for the same client, so that nodes in either
-mode, and a flow that moves between them, agree. This is a port of include/linux/jhash.h (`jhash`) and
-of net/netfilter/nft_hash.c (`nft_jhash_eval`: `reciprocal_scale`, offset 0). A leaf module: the data
-plane calls it per new client, so it is written out flat rather than with helper calls.
+`access nftables` lets the kernel pick a target with `jhash ip saddr mod N seed S map @buckets` (IPv4)
+or `jhash ip6 saddr mod N seed S map @buckets` (IPv6: the kernel hashes the 16 address bytes, length 16,
+so `bucket(address16, S, N)`); the Python forwarder (`access raw`) must pick the same bucket for the
+same client, so that nodes in either mode, and a flow that moves between them, agree. This is a port
+of include/linux/jhash.h (`jhash`) and of net/netfilter/nft_hash.c (`nft_jhash_eval`:
+`reciprocal_scale`, offset 0). A leaf module: the data plane calls it per new client, so it is written
+out flat rather than with helper calls.
 """
 
 from __future__ import annotations
@@ -66,15 +68,18 @@ def bucket(key: bytes, seed: int, size: int) -> int:
 
 
 def bucketer(seed: int, size: int) -> Callable[[bytes], int]:
-    """`bucket(key, seed, size)` for 4-byte keys (IPv4 addresses), twice as fast: with a 4-byte key `b`
+    """`bucket(key, seed, size)`, twice as fast for 4-byte keys (IPv4 addresses): with a 4-byte key `b`
     and `c` start as constants, so what depends on the seed alone is computed here once. The Python
-    forwarder calls it for every new client, and in a SYN flood for every packet."""
+    forwarder calls it for every new client, and in a SYN flood for every packet. Other keys (16-byte
+    IPv6 addresses) take the general `jhash`, as `jhash ip6 saddr` does in the kernel."""
     init = (JHASH_INITVAL + 4 + seed) & _M
     c1 = -((init << 14 | init >> 18) & _M) & _M  # c = (c ^ b) - rol(b, 14) with b == c
     r1 = (c1 << 11 | c1 >> 21) & _M
     from_bytes = int.from_bytes
 
     def pick(key: bytes) -> int:
+        if len(key) != 4:
+            return (jhash(key, seed) * size) >> 32
         a = ((((init + from_bytes(key, "little")) & _M) ^ c1) - r1) & _M
         b = ((init ^ a) - ((a << 25 | a >> 7) & _M)) & _M
         c = ((c1 ^ b) - ((b << 16 | b >> 16) & _M)) & _M

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import sys
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -77,6 +77,25 @@ def test_client_addresses_and_buckets(client, seed, h, b211, b401):
     """The key is `ip saddr` as nft loads it: 4 bytes in network order."""
     assert jhash(ip(client), seed) == h
     assert (bucket(ip(client), seed, 211), bucket(ip(client), seed, 401)) == (b211, b401)
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the first 12 of 16 bytes are read in CPU order")
+@pytest.mark.parametrize(
+    ("client", "seed", "h", "b211", "b401"),
+    [
+        ("2001:db8::10", SEED, 2938255054, 144, 274),
+        ("2001:db8::10", 0xFFFFFFFF, 238699295, 11, 22),
+        ("fe80::1", SEED, 1178089218, 57, 109),
+        ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", SEED, 2445194738, 120, 228),
+    ],
+)
+def test_ipv6_client_addresses_and_buckets(client, seed, h, b211, b401):
+    """`jhash ip6 saddr`: the 16 address bytes, length 16, as the kernel computed them for these clients
+    in test_jhash_kernel_ipv6.py; the selector's bucketer takes them too."""
+    key = IPv6Address(client).packed
+    assert jhash(key, seed) == h
+    assert (bucket(key, seed, 211), bucket(key, seed, 401)) == (b211, b401)
+    assert (J.bucketer(seed, 211)(key), J.bucketer(seed, 401)(key)) == (b211, b401)
 
 
 def test_bucket_is_reciprocal_scale_not_modulo():
