@@ -19,9 +19,11 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dsrlb.config.model import HealthCheck
+
+Address = IPv4Address | IPv6Address  # a target's, and the `real` or `real6` probes come from
 
 log = logging.getLogger("dsrlb.health")
 
@@ -29,6 +31,7 @@ KINDS = ("tcpopen", "ping", "http")
 MAX_DEADLINE = 5.0
 _ICMP_ECHO_REPLY, _ICMP_ECHO_REQUEST = 0, 8
 _SOL_RAW, _ICMP_FILTER = 255, 1  # linux/icmp.h: let only echo replies reach the raw socket
+_ICMP6_ECHO_REQUEST, _ICMP6_ECHO_REPLY, _ICMP6_FILTER = 128, 129, 1  # linux/icmpv6.h
 _ping_sequence = itertools.count(random.getrandbits(16))
 
 
@@ -58,7 +61,7 @@ def _validate(check: HealthCheck) -> None:
         raise ValueError(f"http check path must start with / and be printable ASCII, not {path!r}")
 
 
-async def probe(check: HealthCheck, address: IPv4Address, source: IPv4Address | None) -> tuple[bool, str]:
+async def probe(check: HealthCheck, address: Address, source: Address | None) -> tuple[bool, str]:
     """One probe of `address`; (ok, detail) where detail says what happened, e.g. "tcpopen 80: connected"."""
     _validate(check)
     limit = deadline(check)
@@ -86,20 +89,21 @@ def _reason(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _local(source: IPv4Address | None) -> tuple[str, int] | None:
+def _local(source: Address | None) -> tuple[str, int] | None:
     return (str(source), 0) if source is not None else None
 
 
-async def _tcpopen(address: IPv4Address, port: int, source: IPv4Address | None) -> tuple[bool, str]:
+async def _tcpopen(address: Address, port: int, source: Address | None) -> tuple[bool, str]:
     _, writer = await asyncio.open_connection(str(address), port, local_addr=_local(source))
     await _close(writer)
     return True, "connected"
 
 
-async def _http(address: IPv4Address, port: int, path: str, source: IPv4Address | None) -> tuple[bool, str]:
+async def _http(address: Address, port: int, path: str, source: Address | None) -> tuple[bool, str]:
     reader, writer = await asyncio.open_connection(str(address), port, local_addr=_local(source))
     try:
-        host = str(address) if port == 80 else f"{address}:{port}"
+        name = f"[{address}]" if address.version == 6 else str(address)
+        host = name if port == 80 else f"{name}:{port}"
         request = (
             f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: dsrlb-health\r\nConnection: close\r\n\r\n"
         )
@@ -122,7 +126,9 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-async def _ping(address: IPv4Address, source: IPv4Address | None) -> tuple[bool, str]:
+async def _ping(address: Address, source: Address | None) -> tuple[bool, str]:
+    if address.version == 6:
+        return await _ping6(address, source)
     loop = asyncio.get_running_loop()
     ident, sequence = random.getrandbits(16), next(_ping_sequence) & 0xFFFF
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
@@ -143,6 +149,31 @@ async def _ping(address: IPv4Address, source: IPv4Address | None) -> tuple[bool,
                 continue
             kind, _, _, got_ident, got_sequence = struct.unpack_from("!BBHHH", packet, ihl)
             if kind == _ICMP_ECHO_REPLY and (got_ident, got_sequence) == (ident, sequence):
+                return True, f"reply in {(time.monotonic() - sent) * 1000:.1f} ms"
+
+
+async def _ping6(address: Address, source: Address | None) -> tuple[bool, str]:
+    """ICMPv6 echo (`ping6`): the kernel fills in the checksum and hands over no IP header."""
+    loop = asyncio.get_running_loop()
+    ident, sequence = random.getrandbits(16), next(_ping_sequence) & 0xFFFF
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+        sock.setblocking(False)
+        # ICMP6_FILTER: block every type but echo reply (a bit set blocks its type)
+        blocked = [0xFFFFFFFF] * 8
+        blocked[_ICMP6_ECHO_REPLY >> 5] &= ~(1 << (_ICMP6_ECHO_REPLY & 31)) & 0xFFFFFFFF
+        sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("8I", *blocked))
+        if source is not None:
+            sock.bind((str(source), 0))
+        payload = struct.pack("!d", time.monotonic()) + b"dsrlb-health"
+        sent = time.monotonic()
+        request = struct.pack("!BBHHH", _ICMP6_ECHO_REQUEST, 0, 0, ident, sequence) + payload
+        await loop.sock_sendto(sock, request, (str(address), 0))
+        while True:
+            packet, peer = await loop.sock_recvfrom(sock, 2048)
+            if IPv6Address(peer[0].split("%")[0]) != address or len(packet) < 8:
+                continue
+            kind, _, _, got_ident, got_sequence = struct.unpack_from("!BBHHH", packet)
+            if kind == _ICMP6_ECHO_REPLY and (got_ident, got_sequence) == (ident, sequence):
                 return True, f"reply in {(time.monotonic() - sent) * 1000:.1f} ms"
 
 
@@ -171,9 +202,9 @@ class HealthMonitor:
     def __init__(
         self,
         target_id: int,
-        address: IPv4Address,
+        address: Address,
         checks: Sequence[HealthCheck],
-        source: IPv4Address | None,
+        source: Address | None,
         on_change: Callable[[int, bool, str], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -283,7 +283,7 @@ def test_ping_monitor_comes_up():
 # Runs inside a throwaway network namespace (`unshare --net`), so sysctls and lo are its own.
 PING_FAILURES = """
 import asyncio, json, socket, struct, subprocess
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from dsrlb.config.model import HealthCheck
 from dsrlb.health import probe
 
@@ -360,5 +360,44 @@ def test_a_monitor_that_replaces_an_up_one_keeps_the_target_up():
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+    asyncio.run(scenario())
+
+
+LOCAL6 = IPv6Address("::1")
+
+
+def test_tcpopen_and_http_probe_ipv6_targets_with_a_bracketed_host():
+    async def scenario() -> None:
+        seen: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.0 204 No Content\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        assert await probe(HealthCheck("tcpopen", 1, 2, port=port), LOCAL6, LOCAL6) == (
+            True,
+            f"tcpopen {port}: connected",
+        )
+        assert (await probe(HealthCheck("http", 1, 2, port=port, path="/"), LOCAL6, None))[0]
+        assert f"Host: [::1]:{port}\r\n".encode() in seen[-1]
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+@needs_root
+def test_ping6_matches_its_own_replies():
+    async def scenario() -> None:
+        check = HealthCheck("ping", 1.0, 2.0)
+        results = await asyncio.gather(*(probe(check, LOCAL6, LOCAL6) for _ in range(4)))
+        assert all(ok for ok, _ in results), results
+        ok, detail = await probe(check, LOCAL6, IPv6Address("2001:db8::99"))
+        assert not ok and detail == "ping: cannot assign requested address"
 
     asyncio.run(scenario())
