@@ -67,9 +67,9 @@ async def _sessions(daemon: Controlled, request: dict[str, Any]) -> dict[str, An
         return _error(f"sessions: limit must be an integer from 0 to {SESSIONS_MAX}")
     if "client" in paging:
         try:
-            paging["client"] = str(ipaddress.IPv4Address(str(paging["client"])))
+            paging["client"] = str(ipaddress.ip_address(str(paging["client"])))
         except ValueError:
-            return _error(f"sessions: client {paging['client']!r} is not an IPv4 address")
+            return _error(f"sessions: client {paging['client']!r} is not an IP address")
     page = await asyncio.to_thread(daemon.show_sessions, **paging)  # nftables: nft lists the kernel's map
     await asyncio.sleep(0)  # the page and its JSON text each take the loop for a while: not both at once
     return {"ok": True, "data": page["sessions"], "total": page["total"], "truncated": page["truncated"]}

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from dsrlb import __version__, bgp, control, metrics, release, sync, systemd, tables, views
@@ -30,7 +30,14 @@ from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
 from dsrlb.dataplane.forwarder import Forwarder, ServiceState
 from dsrlb.dataplane.nftables import KernelTable, NftError, ruleset, service_name, transaction
-from dsrlb.dataplane.packet import arp_frame, gratuitous_arp
+from dsrlb.dataplane.packet import (
+    ALL_NODES,
+    ALL_NODES_MAC,
+    arp_frame,
+    gratuitous_arp,
+    neighbor_advertisement,
+    neighbor_solicitation,
+)
 from dsrlb.dataplane.ring import Insn, PacketRing, check_filter
 from dsrlb.failover import Failover
 from dsrlb.health import HealthMonitor
@@ -87,9 +94,14 @@ class Plan:
     """What a config derives, built and checked before the config is adopted."""
 
     network: Network
-    addresses: list[IPv4Address]  # answered for: VIPs and `virt`
+    addresses: list[IPv4Address | IPv6Address]  # answered for: VIPs, `virt` and `virt6`
     program: list[Insn]  # the packet filter for them
     kernel_forwards: bool  # access nftables: the kernel forwards the virtual servers' traffic
+
+
+def _ipv4(addresses: list[IPv4Address | IPv6Address]) -> list[IPv4Address]:
+    """The IPv4 ones: what an IPv4 VRRP advert lists. The IPv6 addresses move with the same state."""
+    return [a for a in addresses if isinstance(a, IPv4Address)]
 
 
 def data_plane_of(config: Config) -> tuple[Interface, Network]:
@@ -135,7 +147,7 @@ class Daemon:
         self.ring_drops = 0
         self.kernel_seen: dict[int, tuple[int, float]] = {}  # target -> (packets, when they last grew)
         self.kernel_forwards = False  # access nftables in the adopted config
-        self.addresses: list[IPv4Address] = []  # what we answer for, from the adopted config
+        self.addresses: list[IPv4Address | IPv6Address] = []  # what we answer for, from the adopted config
         self.stopping: asyncio.Event | None = None
         self.exit_status = 0
         self.tun: bgp.TunDevice | None = None  # HA mode bgp: the device whose addresses BIRD announces
@@ -374,13 +386,6 @@ class Daemon:
     def _prepare(self, config: Config, network: Network) -> Plan:
         """Build and check everything `config` derives, changing nothing: a config this daemon cannot
         run (say, more addresses than the packet filter holds) is refused while the old one serves."""
-        ipv6 = [
-            f"server {sid} ({s.ipaddr})"
-            for sid, s in config.servers.items()
-            if s.serving and s.ipaddr.version == 6
-        ]
-        if ipv6:
-            raise StartupError(f"{config.source}: this daemon does not forward IPv6 yet: {', '.join(ipv6)}")
         addresses = tables.addresses(config, network)
         kernel_forwards = data_plane_of(config)[0].access == "nftables"
         if kernel_forwards and self.interface.access != "nftables" and (why := self.kernel.supported()):
@@ -393,7 +398,7 @@ class Daemon:
             if config.vrrp is not None:
                 v = config.vrrp
                 source = config.networks[v.network].real
-                build_advert(v.version, v.vrid, v.priority, v.advert_ms, source, addresses, self.mac)
+                build_advert(v.version, v.vrid, v.priority, v.advert_ms, source, _ipv4(addresses), self.mac)
             serving = tables.serving_targets(config)
             built = tables.build(
                 config,
@@ -424,7 +429,8 @@ class Daemon:
                     rt.task.cancel()
         for tid, target in wanted.items():
             rt = self.runtime.setdefault(tid, TargetRuntime())
-            probe = (target.ipaddr, target.checks, self.network.real)
+            source = self.network.real6 if target.ipaddr.version == 6 else self.network.real
+            probe = (target.ipaddr, target.checks, source)
             if rt.probe != probe:
                 if rt.task:
                     rt.task.cancel()
@@ -432,7 +438,7 @@ class Daemon:
                 rt.probe, rt.monitor, rt.task = probe, None, None
                 if target.checks:
                     rt.monitor = HealthMonitor(
-                        tid, target.ipaddr, target.checks, self.network.real, self._health_changed
+                        tid, target.ipaddr, target.checks, source, self._health_changed
                     )
                     if previous is not None:
                         rt.monitor.inherit(previous)
@@ -444,7 +450,7 @@ class Daemon:
             if server.serving:
                 self.states.setdefault(sid, ServiceState())
         source = config.networks[config.vrrp.network].real if config.vrrp else self.network.real
-        self.failover.configure(config.vrrp, source, plan.addresses)
+        self.failover.configure(config.vrrp, source, _ipv4(plan.addresses))  # IPv6 ones follow its state
         self._configure_sync(config)
         self.addresses = plan.addresses
         if plan.kernel_forwards and not self.kernel_forwards:  # make before break: the kernel first
@@ -608,15 +614,27 @@ class Daemon:
                 age = now - entry[1] if entry else None
                 if age is not None and age > settings.arpexpire:
                     log.warning(
-                        "target %d %s: no ARP answer for %.0f s, MAC forgotten", tid, target.ipaddr, age
+                        "target %d %s: no %s answer for %.0f s, MAC forgotten",
+                        tid,
+                        target.ipaddr,
+                        "ARP" if target.ipaddr.version == 4 else "neighbour",
+                        age,
                     )
                     self.forwarder.call(lambda ip=ip: self._forget(ip))
                     age = None
                 due = ARP_RETRY if age is None else settings.arprefresh
                 if now - rt.arp_sent >= due and (age is None or age >= settings.arprefresh):
                     rt.arp_sent = now
-                    self.send(arp_frame(1, self.ring.mac, self.network.real.packed, b"", ip))
+                    self.send(self._solicit(ip))
             await asyncio.sleep(0.5)
+
+    def _solicit(self, ip: bytes) -> bytes:
+        """An ARP request for a target's IPv4 address from `real`, a neighbour solicitation for an IPv6 one
+        from `real6` (the parser requires it for IPv6 targets)."""
+        if len(ip) == 4:
+            return arp_frame(1, self.ring.mac, self.network.real.packed, b"", ip)
+        assert self.network.real6 is not None
+        return neighbor_solicitation(self.ring.mac, self.network.real6.packed, ip)
 
     def _forget(self, ip: bytes) -> None:
         """On the packet thread, which owns the neighbour table: drop a MAC and have the table rebuilt."""
@@ -624,12 +642,17 @@ class Daemon:
             self.forwarder.on_neighbor(ip)
 
     def _announce(self) -> None:
-        """Gratuitous ARP for every address we answer for, so neighbours learn our MAC at once."""
+        """Gratuitous ARP for every IPv4 address we answer for, an unsolicited neighbour advertisement for
+        every IPv6 one, so neighbours learn our MAC at once."""
         if not self.failover.answering or not self.warm or self.tun is not None:
             return  # HA mode bgp: the router reaches the VIPs by routes, nobody is to learn our MAC for them
         assert self.config is not None
+        mac = self.ring.mac
         for addr in tables.addresses(self.config, self.network):
-            self.send(gratuitous_arp(self.ring.mac, addr.packed))
+            if addr.version == 4:
+                self.send(gratuitous_arp(mac, addr.packed))
+            else:
+                self.send(neighbor_advertisement(mac, addr.packed, ALL_NODES, ALL_NODES_MAC, solicited=False))
 
     async def _keep_announcing(self) -> None:
         """Repeat gratuitous ARP while we own the addresses: a router that cached another MAC for a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dsrlb.config.model import Config, Network, Target
 from dsrlb.dataplane.forwarder import ForwardingTable, Service, ServiceState
@@ -46,11 +46,11 @@ def serving_targets(config: Config) -> dict[int, Target]:
     }
 
 
-def addresses(config: Config, network: Network) -> list[IPv4Address]:
-    """The addresses this balancer answers ARP and ping for while it owns them: VIPs and `virt`."""
-    found = [s.ipaddr for s in config.servers.values() if s.serving]
-    if network.virt:
-        found.append(network.virt)
+def addresses(config: Config, network: Network) -> list[IPv4Address | IPv6Address]:
+    """The addresses this balancer answers ARP (IPv6: neighbour solicitations) and ping for while it owns
+    them: VIPs, `virt` and `virt6`."""
+    found: list[IPv4Address | IPv6Address] = [s.ipaddr for s in config.servers.values() if s.serving]
+    found += [a for a in (network.virt, network.virt6) if a is not None]
     return found
 
 

@@ -6,8 +6,8 @@ Pure functions of their arguments, so the control socket and the metrics endpoin
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Mapping
+from ipaddress import ip_address
 from itertools import islice
 from typing import Any, Protocol
 
@@ -128,7 +128,7 @@ def sessions(
     each dict, which the packet thread owns and may resize while it is taken.
     """
     limit = max(0, min(limit, SESSIONS_MAX))
-    want = socket.inet_aton(client) if client is not None else None
+    want = ip_address(client).packed if client is not None else None
     picked: list[tuple[int, bytes, Any]] = []
     total = 0
     for sid, state in sorted(states.items()):
@@ -142,7 +142,7 @@ def sessions(
     rows = [
         {
             "server": sid,
-            "client": socket.inet_ntoa(c),
+            "client": str(ip_address(c)),
             "target": session.target,
             "idle": round(now - session.seen, 1),
         }

@@ -799,6 +799,7 @@ class _Parser:
             self._check_peers(b, networks.get(b.values.get("network")))
         self._check_ha_mode()
         self._check_sync()
+        self._check_ipv6()
         self._check_servers()
         self._check_access()
         self._check_capacity()
@@ -850,6 +851,26 @@ class _Parser:
                     b.keys["syncpeer"],
                     "syncpeer needs a 'vrrp' block: bngsync runs between a master and its backup",
                 )
+
+    def _check_ipv6(self) -> None:
+        """An IPv6 server or target needs the balancer's own IPv6 address (`real6`): the source of its
+        neighbour solicitations and health checks. HA mode bgp announces IPv4 VIPs only."""
+        has_real6 = any("real6" in b.values for b in self.blocks["network"].values())
+        bgp = self.blocks["bgp"].get(None)
+        for kind in ("server", "target"):
+            for b in self.blocks[kind].values():
+                if "ipaddr6" not in b.values:
+                    continue
+                if not has_real6:
+                    self._error(
+                        b.keys["ipaddr6"],
+                        f"{b.title} is IPv6 but no network has 'real6' and 'mask6' (the balancer's own IPv6 "
+                        "address: source of neighbour solicitations and health checks)",
+                    )
+                if kind == "server" and bgp is not None:
+                    self._error(
+                        b.keys["ipaddr6"], f"HA mode bgp (line {bgp.head.line}) announces IPv4 VIPs only"
+                    )
 
     def _check_modules(self) -> None:
         if self.modules is None:

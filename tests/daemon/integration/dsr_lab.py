@@ -48,12 +48,13 @@ with concurrent.futures.ThreadPoolExecutor(16) as pool:
 """
 
 
-# Answers every GET with the host's name (argv 1). Unlike `python -m http.server` (listen backlog 5) it
-# does not drop SYNs of a burst of parallel clients, which would show up as client timeouts. With argv 2
-# "HTTP/1.1" a connection stays open for the next request (keep-alive).
+# Answers every GET with the host's name (argv 1), on IPv6 and IPv4 alike. Unlike `python -m http.server`
+# (listen backlog 5) it does not drop SYNs of a burst of parallel clients, which would show up as client
+# timeouts. With argv 2 "HTTP/1.1" a connection stays open for the next request (keep-alive).
 HTTP_SERVER = """
-import http.server, sys
+import http.server, socket, sys
 class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6  # and IPv4, as mapped addresses
     request_queue_size = 256
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = sys.argv[2] if len(sys.argv) > 2 else "HTTP/1.0"
@@ -65,7 +66,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-Server(("0.0.0.0", 80), Handler).serve_forever()
+Server(("::", 80), Handler).serve_forever()
 """
 
 

@@ -150,7 +150,8 @@ class Topology:
         _ip("-n", self.ns(host), "link", "set", ifname, "up")
 
     def addr(self, host: str, cidr: str, ifname: str = "eth0") -> None:
-        _ip("-n", self.ns(host), "addr", "add", cidr, "dev", ifname)
+        """Add an address; an IPv6 one without duplicate address detection, so it is usable at once."""
+        _ip("-n", self.ns(host), "addr", "add", cidr, "dev", ifname, *(("nodad",) if ":" in cidr else ()))
 
     def route(self, host: str, *spec: str) -> None:
         """`ip route replace SPEC…` inside the host, e.g. route("web1", "default", "via", "10.0.0.1")."""

@@ -1,0 +1,221 @@
+"""IPv6 virtual servers (issue 15), end to end in both access modes: the seed network made dual-stack, a
+VRRP pair (lb1 master, lb2 backup) whose network has BalanceNG's `mask6`/`real6`/`virt6`, an `ipaddr6`
+server 2001:db8:1::10 and `ipaddr6` targets web1 and web2 (the VIP as /128 on lo, nothing else: Linux
+answers no neighbour solicitation for an address on another interface), reached from IPv6 clients in
+2001:db8:2::/64 through the router.
+
+  - requests from 20 clients reach both targets; replies go from the targets to the router, with the
+    targets' MACs, and none crosses a balancer; what reaches the targets comes from the master's MAC;
+  - only the master answers neighbour solicitations for the VIP and for virt6;
+  - a clean stop of the master under IPv6 load loses no request, and the router's neighbour entry for the
+    VIP moves to the new master (its unsolicited advertisement).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dsr_lab import HTTP_CLIENT, PYTHON, SEED, WEBS, Lab
+from test_sync import LOAD_LOOP
+
+from dsrlb_tools.netns import Topology
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="integration tests need root: they create network namespaces"
+    ),
+]
+
+PREFIX = "dsrlb-v6"
+VIP6, VIRT6 = "2001:db8:1::10", "2001:db8:1::253"
+REAL6 = {"lb1": "2001:db8:1::252", "lb2": "2001:db8:1::251"}
+REAL = {"lb1": "172.16.1.252", "lb2": "172.16.1.251"}
+WEB6 = {"web1": "2001:db8:1::100", "web2": "2001:db8:1::101"}
+CLIENTS6 = [f"2001:db8:2::{i:x}" for i in range(0x10, 0x24)]
+LOAD6 = [f"2001:db8:2::{i:x}" for i in range(0x30, 0x35)]
+
+# In the router: a neighbour solicitation for argv 1 from the router's address; prints the MACs of every
+# neighbour advertisement for it within a second.
+NDP_PROBE = """
+import json, sys
+from scapy.all import Ether, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, get_if_hwaddr, srp
+from scapy.utils6 import in6_getnsma, in6_getnsmac
+from socket import AF_INET6, inet_pton, inet_ntop
+target = sys.argv[1]
+group = inet_ntop(AF_INET6, in6_getnsma(inet_pton(AF_INET6, target)))
+mac = get_if_hwaddr("eth0")
+ns = (Ether(src=mac, dst=in6_getnsmac(inet_pton(AF_INET6, group))) / IPv6(src="2001:db8:1::254", dst=group, hlim=255)
+      / ICMPv6ND_NS(tgt=target) / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+ans, _ = srp(ns, iface="eth0", timeout=1, multi=True, verbose=0)
+print(json.dumps(sorted({r[Ether].src for _, r in ans if ICMPv6ND_NA in r and r[ICMPv6ND_NA].tgt == target})))
+"""
+
+# Runs until its stdin closes, then prints (ether src, ether dst) of every captured IPv6 frame.
+SNIFFER6 = """
+import json, sys
+from scapy.all import AsyncSniffer, Ether
+sniffer = AsyncSniffer(iface="eth0", filter=sys.argv[1], store=True,
+                       started_callback=lambda: print("ready", flush=True))
+sniffer.start()
+sys.stdin.read()
+print(json.dumps([[f[Ether].src, f[Ether].dst] for f in sniffer.stop()]))
+"""
+
+
+def config(name: str, access: str) -> str:
+    """The seed with the balancer's addresses, IPv6 on its network, an IPv6 server and targets, VRRP."""
+    peer = "lb2" if name == "lb1" else "lb1"
+    text = SEED.read_text()
+    text = text.replace("          access raw\n", f"          access {access}\n")
+    text = text.replace(
+        "          real 172.16.1.252\n",
+        f"          real {REAL[name]}\n          mask6 64\n          real6 {REAL6[name]}\n          virt6 {VIRT6}\n",
+    )
+    text = text.replace("register  server 1\nenable    server 1\n", "")
+    text = text.replace("register  targets 1,2\nenable    targets 1,2\n", "")
+    targets = "".join(
+        f"target {3 + i} {{\n ipaddr6 {address}\n port 80\n protocol tcp\n tcpopen 80,1,3\n dsr enable\n}}\n"
+        for i, address in enumerate(WEB6.values())
+    )
+    return (
+        text
+        + f"server 2 {{\n ipaddr6 {VIP6}\n port 80\n protocol tcp\n targets 3,4\n}}\n"
+        + targets
+        + "register servers 1,2\nenable servers 1,2\nregister targets 1-4\nenable targets 1-4\n"
+        + f"vrrp {{\n vrid 62\n priority {200 if name == 'lb1' else 100}\n network 1\n advert 100\n"
+        + f" preempt off\n peers {REAL[peer]}\n}}\n"
+    )
+
+
+class V6Lab(Lab):
+    def __init__(self, topo: Topology, workdir: Path, access: str) -> None:
+        super().__init__(topo, workdir)
+        self.daemons: dict[str, Any] = {}
+        self.access = access
+
+    def build(self) -> None:
+        t = self.topo
+        self.build_edge()
+        t.addr("router", "2001:db8:1::254/64")
+        t.addr("router", "2001:db8:2::1/64", "eth1")
+        for src in CLIENTS6 + LOAD6:
+            t.addr("client", f"{src}/64")
+        t.route("client", "default", "via", "2001:db8:2::1")
+        t.sysctl("router", {"net.ipv6.conf.all.forwarding": 1})
+        for name, real in REAL.items():
+            self.add_balancer(name, real)
+            t.addr(name, f"{REAL6[name]}/64")
+        self.build_targets()
+        for web, address in WEB6.items():
+            t.addr(web, f"{address}/64")
+            t.addr(web, f"{VIP6}/128", "lo")
+            t.route(web, "default", "via", "2001:db8:1::254")
+        self.macs = {host: t.mac(host) for host in ("router", *REAL, *WEBS)}
+
+    def paths(self, name: str) -> tuple[Path, Path, Path]:
+        return self.workdir / f"{name}.conf", self.workdir / f"{name}.sock", self.workdir / f"{name}.log"
+
+    def start(self, name: str) -> None:
+        conf, sock, log = self.paths(name)
+        conf.write_text(config(name, self.access))
+        self.daemons[name] = self.run_daemon(name, conf, sock, log)
+
+    def log_of(self, name: str) -> str:
+        return self.paths(name)[2].read_text()[-3000:]
+
+    def view(self, name: str, what: str) -> Any:
+        res = self.ctl("show", what, "--json", sock=self.paths(name)[1])
+        assert res.returncode == 0, f"{name}: show {what}: {res.stderr}\n{self.log_of(name)}"
+        return json.loads(res.stdout)
+
+    def wait_state(self, name: str, state: str, timeout: float = 20) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            proc = self.daemons[name]
+            assert proc.poll() is None, f"{name} died:\n{self.log_of(name)}"
+            if self.paths(name)[1].exists() and self.view(name, "vrrp")["state"] == state:
+                return
+            assert time.monotonic() < end, f"{name} not {state}\n{self.log_of(name)}"
+            time.sleep(0.2)
+
+    def http6(self, sources: list[str]) -> dict[str, str]:
+        res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, f"[{VIP6}]", "2", *sources, timeout=60)
+        return json.loads(res.stdout)
+
+    def ndp(self, address: str) -> list[str]:
+        return json.loads(self.python("router", NDP_PROBE, address))
+
+
+@pytest.fixture(scope="module", params=["raw", "nftables"])
+def v6lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[V6Lab]:
+    with Topology(PREFIX) as topo:
+        lab = V6Lab(topo, tmp_path_factory.mktemp("dsrlb-v6"), request.param)
+        lab.build()
+        lab.start("lb1")
+        lab.wait_state("lb1", "master")
+        lab.start("lb2")
+        lab.wait_state("lb2", "backup")
+        lab.daemon = lab.daemons["lb1"]
+        lab.sock, lab.log = lab.paths("lb1")[1:]
+        lab.wait_targets({3: "up", 4: "up"}, timeout=20)
+        yield lab
+
+
+def test_ipv6_clients_reach_both_targets_and_replies_bypass_the_balancers(v6lab: V6Lab) -> None:
+    replies = f"ip6 and tcp and src host {VIP6} and src port 80"
+    requests = f"ip6 and tcp and dst host {VIP6} and dst port 80"
+    sniffers = {
+        ("router", "replies"): replies,
+        ("lb1", "replies"): replies,
+        ("lb2", "replies"): replies,
+        ("web1", "requests"): requests,
+        ("web2", "requests"): requests,
+    }
+    procs = {key: v6lab.python_bg(key[0], SNIFFER6, bpf) for key, bpf in sniffers.items()}
+    for key, proc in procs.items():
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", key
+    results = v6lab.http6(CLIENTS6)
+    time.sleep(0.3)
+    captured = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate("", timeout=20)
+        assert proc.returncode == 0, err
+        captured[key] = json.loads(out)
+    assert all(not r.startswith("ERR") for r in results.values()), results
+    assert set(results.values()) == set(WEBS), results
+    macs = v6lab.macs
+    assert {src for src, _ in captured[("router", "replies")]} == {macs["web1"], macs["web2"]}
+    assert captured[("lb1", "replies")] == [] and captured[("lb2", "replies")] == []
+    for web in WEBS:  # rewritten by the master: its MAC as source, the target's as destination
+        frames = captured[(web, "requests")]
+        assert frames and {tuple(f) for f in frames} == {(macs["lb1"], macs[web])}, (web, frames)
+
+
+def test_only_the_master_answers_neighbour_solicitations(v6lab: V6Lab) -> None:
+    for address in (VIP6, VIRT6):
+        assert v6lab.ndp(address) == [v6lab.macs["lb1"]], address
+    assert v6lab.ndp(REAL6["lb2"]) == [v6lab.macs["lb2"]]  # the kernel still answers for real6
+
+
+def test_clean_failover_under_ipv6_load_loses_nothing(v6lab: V6Lab) -> None:
+    pipe = subprocess.PIPE
+    load = v6lab.topo.popen("client", PYTHON, "-c", LOAD_LOOP, f"[{VIP6}]", "2", *LOAD6, stdin=pipe, stdout=pipe, stderr=pipe)
+    assert load.stdout is not None and load.stdout.readline().strip() == "ready"
+    time.sleep(1)
+    assert v6lab.topo.stop(v6lab.daemons.pop("lb1"), timeout=10) == 0
+    v6lab.wait_state("lb2", "master")
+    time.sleep(1)
+    out, err = load.communicate("go\n", timeout=30)
+    outcome = json.loads(out)
+    assert not outcome["failed"] and outcome["ok"] > 50, outcome
+    neighbours = v6lab.topo.run("router", "ip", "-6", "-j", "neigh", "show", VIP6).stdout
+    assert {n["lladdr"] for n in json.loads(neighbours) if "lladdr" in n} == {v6lab.macs["lb2"]}
+    assert v6lab.ndp(VIP6) == [v6lab.macs["lb2"]]
