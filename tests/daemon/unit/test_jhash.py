@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import sys
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -77,6 +77,24 @@ def test_client_addresses_and_buckets(client, seed, h, b211, b401):
     """The key is `ip saddr` as nft loads it: 4 bytes in network order."""
     assert jhash(ip(client), seed) == h
     assert (bucket(ip(client), seed, 211), bucket(ip(client), seed, 401)) == (b211, b401)
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="the first 12 bytes are read in CPU order")
+@pytest.mark.parametrize(
+    ("client", "seed", "h", "b211", "b401"),
+    [
+        ("2001:db8:c::a", 0, 1035722318, 50, 96),
+        ("2001:db8:c::a", SEED, 3605396204, 177, 336),
+        ("::", SEED, 3738180859, 183, 349),
+        ("fe80::1", 0, 321041325, 15, 29),
+        ("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", SEED, 2637738781, 129, 246),
+    ],
+)
+def test_ipv6_client_addresses_and_buckets(client, seed, h, b211, b401):
+    """`jhash ip6 saddr`: the 16-byte key, one block mixed and a 4-byte tail (values from the C build)."""
+    key = IPv6Address(client).packed
+    assert jhash(key, seed) == h
+    assert (bucket(key, seed, 211), bucket(key, seed, 401)) == (b211, b401)
 
 
 def test_bucket_is_reciprocal_scale_not_modulo():
