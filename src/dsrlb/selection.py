@@ -6,7 +6,8 @@ the data plane thread once per session miss, only does a few list operations.
 
 The stateless methods (maglev, hash, first) choose through a bucket table: `pick` is
 `buckets()[jhash.bucket(client, seed, size)]`, the same lookup the kernel does with `access
-nftables`, so the Python forwarder, the kernel and every balancer with the same config agree.
+nftables` (`jhash ip saddr`, `jhash ip6 saddr`: the whole address is the key), so the Python
+forwarder, the kernel and every balancer with the same config agree.
 """
 
 from __future__ import annotations
@@ -96,10 +97,14 @@ class Selector:
         return self._buckets
 
     def pick(self, client: bytes, load: Mapping[int, int] | None = None) -> int | None:
-        """Target id for a new client (its 4-byte IPv4 source address), None when no candidate."""
+        """Target id for a new client (its source address: 4 bytes IPv4, 16 bytes IPv6), None when no
+        candidate. The stateless methods hash all 16 bytes of an IPv6 address, as the kernel's `jhash
+        ip6 saddr` does (nft hands jhash the whole 16-byte register): no folding to 32 bits."""
         if not self._ids:
             return None
         if self._buckets is not None:
+            if len(client) != 4:
+                return self._buckets[jhash.bucket(client, self.seed, self.size)]
             return self._buckets[self._bucket(client)]
         method = self.method
         if method == "rr":

@@ -1,5 +1,6 @@
-"""The forwarding loop: reads frames from the RX ring, answers ARP and ping for our addresses and
-re-sends virtual-server traffic to the chosen target with only the Ethernet addresses rewritten.
+"""The forwarding loop: reads frames from the RX ring, answers ARP, neighbour solicitations and ping
+for our addresses and re-sends virtual-server traffic (IPv4 and IPv6) to the chosen target with only the
+Ethernet addresses rewritten.
 
 The control plane never touches the loop's state directly: it installs a new immutable
 `ForwardingTable` (a reference swap) and posts callables that run on the loop's thread between
@@ -30,7 +31,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dsrlb.dataplane.packet import arp_frame, fix_l4_checksum, icmp_echo_reply
+from dsrlb.dataplane.packet import (
+    ALL_NODES,
+    ALL_NODES_MAC,
+    NA,
+    SOLICITED,
+    UNSPECIFIED,
+    arp_frame,
+    fix_l4_checksum,
+    icmp6_echo_reply,
+    icmp_echo_reply,
+    multicast_mac,
+    neighbor_advertisement,
+    neighbor_discovery,
+    solicited_node,
+)
 from dsrlb.dataplane.ring import (
     FRAME_SIZE,
     LINK_ERRORS,
@@ -49,6 +64,11 @@ ETH_IPV4 = struct.Struct("!6s6sHBBHHHBBH4s4sHH")
 # what the fast path checks: destination MAC, ethertype, version+IHL, total length, fragment, protocol
 FAST = struct.Struct("!6s6xHBxH2xHxB")
 ARP = struct.Struct("!H6s4s6s4s")  # op, sender MAC, sender IP, target MAC, target IP
+# IPv6 header (version, class and flow label; payload length; next header; hop limit; addresses) + ports
+IPV6 = struct.Struct("!IHBB16s16sHH")
+# next headers that are extension headers (RFC 8200 4, IANA's list) other than the fragment header (44):
+# the transport header is not where the loop looks for it, so such packets are dropped
+IPV6_EXT_HEADERS = frozenset({0, 43, 51, 60, 135, 139, 140, 253, 254})
 PORTS = struct.Struct("!HH")
 STATUS = struct.Struct("<I")
 TX_HDR = struct.Struct("<II")  # tp_status, tp_len
@@ -150,9 +170,13 @@ class Service:
 class ForwardingTable:
     """Everything the loop needs, built by the control plane and installed as a whole."""
 
+    # addresses are packed: 4 bytes IPv4, 16 bytes IPv6
     services: dict[tuple[bytes, int, int], Service]  # (VIP, IP protocol, port)
-    answer: frozenset[bytes]  # addresses we answer ARP and ping for (empty while VRRP backup)
-    neighbors: frozenset[bytes]  # addresses whose MAC we learn from ARP (the targets)
+    # addresses we answer ARP, neighbour solicitations and ping for (empty while VRRP backup)
+    answer: frozenset[bytes]
+    neighbors: frozenset[
+        bytes
+    ]  # addresses whose MAC we learn from ARP and neighbour advertisements (targets)
     # setting `drainidle`: a flow with a packet this recent counts as an open connection, and a draining
     # target without any as drained
     drainidle: float = 5.0
@@ -162,8 +186,9 @@ class ForwardingTable:
     flows: int = 262144
     sessions: int = 262144
     embryonic: float = 5.0
-    # addresses we answer ARP for, None: those of `answer`. HA mode bgp answers none: the router reaches
-    # the VIPs by routes to the balancers, and an ARP answer would pull traffic past ECMP.
+    # addresses we answer ARP and neighbour solicitations for, None: those of `answer`. HA mode bgp
+    # answers none: the router reaches the VIPs by routes to the balancers, and an answer would pull
+    # traffic past ECMP.
     arp: frozenset[bytes] | None = None
 
 
@@ -173,7 +198,8 @@ class Stats:
     tx: int = 0
     forwarded: int = 0
     arp_replies: int = 0
-    icmp_replies: int = 0
+    nd_replies: int = 0  # neighbour advertisements answering solicitations for our IPv6 addresses
+    icmp_replies: int = 0  # ICMP and ICMPv6 echo replies
     checksums_fixed: int = 0
     link_down: int = 0  # times the link went down or away (or its MTU changed) and the ring was reopened
     tx_errors: int = 0  # sends refused by a busy device (ENOBUFS); the frames stay queued for the next
@@ -183,7 +209,8 @@ class Stats:
     sessions_overflow: int = 0  # packets of new clients not recorded because the session table was full
     expired_embryonic: int = 0  # flows that expired after their first packet
     expired: int = 0  # flows that expired idle after more than one packet
-    arp_changed: int = 0  # learned target MACs that changed (replies to our requests)
+    # learned target MACs that changed (ARP replies, solicited neighbour advertisements to us)
+    arp_changed: int = 0
     arp_ignored: int = 0  # target MAC changes not taken: not a reply to us, or within MAC_HOLD of the last
     synced_followed: int = 0  # new sessions that took the target the peer's session had (bngsync)
     session_log_overflow: int = 0  # new or moved sessions bngsync did not get: its log was full
@@ -199,9 +226,9 @@ class Forwarder:
         self.ring = ring
         self.table = EMPTY
         self.stats = Stats()
-        self.neighbors: dict[bytes, tuple[bytes, float]] = {}  # IPv4 -> (MAC, last heard)
+        self.neighbors: dict[bytes, tuple[bytes, float]] = {}  # IPv4 or IPv6 -> (MAC, last heard)
         # flow key: source and destination address and port, the 12 bytes at offset 26 of a frame whose
-        # IPv4 header has no options
+        # IPv4 header has no options, the 36 bytes at offset 22 of an IPv6 frame
         self.flows: dict[bytes, Flow] = {}
         # target -> (flows with a packet in the last `drainidle` seconds, last packet), from the census
         self.activity: dict[int, tuple[int, float]] = {}
@@ -214,7 +241,7 @@ class Forwarder:
         self._census_pos = 0  # how far the census got in the last of them
         self._counts: dict[int, list] = {}  # target -> [recent flows, last packet] of the running census
         self._census_at = 0.0  # when the next census starts
-        self._mac_changed: dict[bytes, float] = {}  # target IPv4 -> when its MAC was last learned
+        self._mac_changed: dict[bytes, float] = {}  # target address -> when its MAC was last learned
         self.on_neighbor: Callable[[bytes], None] = lambda ip: None
         self.on_vrrp: Callable[[bytes], None] | None = None
         self._pending: collections.deque[Callable[[], None]] = collections.deque()
@@ -312,6 +339,7 @@ class Forwarder:
         nrx, ntx, tx_base = ring.rx_frames, ring.tx_frames, ring.tx_base
         rx_header = RX_HDR.unpack_from
         ipv4_header = ETH_IPV4.unpack_from
+        ipv6_header = IPV6.unpack_from
         fast_header = FAST.unpack_from
         ports = PORTS.pack
         status_of = STATUS.unpack_from
@@ -340,7 +368,7 @@ class Forwarder:
                 queued = 0
 
         def send(frame: bytes) -> None:
-            """Queue a frame we built ourselves (ARP and ICMP replies)."""
+            """Queue a frame we built ourselves (ARP, neighbour advertisements and ICMP replies)."""
             nonlocal tx_slot, queued
             t = tx_base + tx_slot * FRAME_SIZE
             if status_of(mm, t)[0]:
@@ -474,6 +502,59 @@ class Forwarder:
                     if op == 1 and tpa in (table.answer if table.arp is None else table.arp) and spa != tpa:
                         send(arp_frame(2, own, tpa, sha, spa))
                         stats.arp_replies += 1
+                elif etype == 0x86DD and length < 58:  # IPv6 header and ports
+                    drops["runt"] += 1
+                elif etype == 0x86DD:  # IPv6: no fast path of its own, a flow check once the header is valid
+                    vtf, plen, nh, _, src, dst, sport, dport = ipv6_header(mm, f + 14)
+                    total = 40 + plen
+                    if nh == 112:  # VRRP adverts for IPv6 go to ff02::12, the control plane validates
+                        if self.on_vrrp is None:
+                            drops["vrrp_disabled"] += 1
+                        else:
+                            self.on_vrrp(mm[f : f + length])
+                    elif vtf >> 28 != 6:
+                        drops["bad_ip_header"] += 1
+                    elif 14 + total > length:
+                        drops["bad_ip_length"] += 1
+                    elif nh == 58:  # neighbour solicitations come to a multicast MAC: no check of ours yet
+                        reply = self._icmp6(mm[f : f + 14 + total], table, own, now)
+                        if reply is not None:
+                            send(reply)
+                    elif dmac != own:
+                        drops["not_for_us"] += 1
+                    elif nh == 6 or nh == 17:
+                        if plen < (20 if nh == 6 else 8):
+                            drops["truncated_l4"] += 1
+                        else:
+                            ihl = 40
+                            syn = nh == 6 and mm[f + 67] & 0x12 == 0x02
+                            key = mm[f + 22 : f + 58]
+                            fl = flows.get(key)
+                            # what the fast path checks beyond the header: a flow of the current table
+                            if (
+                                fl is not None
+                                and fl.table is table
+                                and fl.proto == nh
+                                and not (fl.draining and syn)
+                            ):
+                                head, counter = fl.head, fl.counter
+                                fl.seen = now
+                            else:
+                                svc = table.services.get((dst, nh, dport))
+                                if svc is None:
+                                    drops["no_service"] += 1
+                                else:
+                                    t = self._target(table, svc, src, key, syn, nh, now)
+                                    if t is None:
+                                        drops["no_target"] += 1
+                                    else:
+                                        head, counter = svc.forward[t], svc.state.counters[t]
+                    elif nh == 44:
+                        drops["fragment"] += 1
+                    elif nh in IPV6_EXT_HEADERS:
+                        drops["ipv6_ext_header"] += 1
+                    else:
+                        drops["ip_protocol"] += 1
                 else:
                     drops["ethertype"] += 1
             if head is not None:  # forward: copy the frame to the TX ring with new Ethernet addresses
@@ -562,7 +643,7 @@ class Forwarder:
         fl.table = table
         fl.draining = t not in svc.active
         fl.timeout = svc.timeout
-        fl.shortest = 40 if proto == 6 else 28  # IP header + TCP or UDP header
+        fl.shortest = 40 if proto == 6 else 28  # IPv4 header + TCP or UDP header (IPv6: not looked at)
         return t
 
     def _follow(self, svc: Service, session: Session, src: bytes, new_conn: bool) -> int | None:
@@ -628,7 +709,7 @@ class Forwarder:
         session.flows -= 1
         if not session.flows:
             state = fl.state
-            src = fl.key[:4]
+            src = fl.key[: (len(fl.key) - 4) // 2]  # the key: source, destination, ports
             if state.sessions.get(src) is session:
                 del state.sessions[src]
                 state.load[session.target] -= 1
@@ -707,10 +788,50 @@ class Forwarder:
             return now  # more to do: at the next chance
         return min(self._census_at, cursor)
 
+    def _icmp6(self, frame: bytes, table: ForwardingTable, own: bytes, now: float) -> bytes | None:
+        """The answer to an ICMPv6 packet, if any: a solicited neighbour advertisement for a solicitation of
+        an address we answer for, an echo reply to a ping of one. Target MACs are learned from neighbour
+        advertisements. Out of the loop's body: these frames are few, and neighbour discovery has many
+        checks (RFC 4861 7.1)."""
+        drops = self.stats.drops
+        if len(frame) < 62:  # an ICMPv6 header
+            drops["truncated_l4"] += 1
+        elif frame[54] == 135 or frame[54] == 136:
+            nd = neighbor_discovery(frame, 14, len(frame))
+            if nd is None:
+                drops["nd_invalid"] += 1
+                return None
+            kind, flags, target, mac = nd
+            if kind == NA:
+                if target in table.neighbors and mac is not None:
+                    self._heard(target, mac, bool(flags & SOLICITED) and frame[:6] == own, now)
+                return None
+            if target not in (table.answer if table.arp is None else table.arp):
+                return None  # as an ARP request for another address: not ours to answer
+            if frame[:6] != own and frame[:6] != multicast_mac(solicited_node(target)):
+                drops["not_for_us"] += 1
+                return None
+            self.stats.nd_replies += 1
+            if frame[22:38] == UNSPECIFIED:  # duplicate address detection: defend to all nodes (7.2.4)
+                return neighbor_advertisement(own, target, ALL_NODES, ALL_NODES_MAC, False)
+            return neighbor_advertisement(own, target, frame[22:38], frame[6:12], True)
+        elif frame[:6] != own:
+            drops["not_for_us"] += 1
+        elif frame[38:54] not in table.answer:
+            drops["icmp_not_ours"] += 1
+        else:
+            reply = icmp6_echo_reply(frame, 14, len(frame), own)
+            if reply is not None:
+                self.stats.icmp_replies += 1
+                return reply
+            drops["icmp_not_echo"] += 1
+        return None
+
     def _heard(self, ip: bytes, mac: bytes, reply: bool, now: float) -> None:
-        """An ARP frame from a target's address. Its MAC is learned and refreshed only from replies to
-        us, and a known MAC changes at most once per MAC_HOLD: forged frames can neither re-point a
-        target at will nor have the forwarding table rebuilt once per frame."""
+        """An ARP frame or neighbour advertisement from a target's address. Its MAC is learned and
+        refreshed only from replies to us, and a known MAC changes at most once per MAC_HOLD: forged
+        frames can neither re-point a target at will nor have the forwarding table rebuilt once per
+        frame."""
         known = self.neighbors.get(ip)
         if known is not None and known[0] == mac:
             if reply:

@@ -14,8 +14,22 @@ import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
 from scapy.layers.l2 import ARP, Ether
 
+from dsrlb import jhash
 from dsrlb.dataplane import ring as R
 from dsrlb.dataplane.forwarder import TX_HDR, Forwarder, ForwardingTable, Service, ServiceState
 from dsrlb.selection import Candidate, Selector
@@ -25,6 +39,12 @@ CLIENT_MAC = "02:00:00:00:00:99"
 MAC = {1: "02:00:00:00:00:0a", 2: "02:00:00:00:00:0b", 3: "02:00:00:00:00:0c"}
 VIP = "172.16.1.10"
 VIRT = "172.16.1.253"
+VIP6 = "2001:db8:1::10"
+VIRT6 = "2001:db8:1::fd"
+
+
+def v6(address: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, address)
 
 
 def raw(mac: str) -> bytes:
@@ -81,6 +101,8 @@ class Harness:
         self.ring.forwarder = self.fwd
         self.state = ServiceState()  # UDP service
         self.tcp_state = ServiceState()
+        self.state6 = ServiceState()  # the same two at VIP6
+        self.tcp_state6 = ServiceState()
         self.method = method
         self.timeout = timeout
         self.learned: list[bytes] = []
@@ -97,9 +119,13 @@ class Harness:
             (socket.inet_aton(VIP), 6, 80): Service(
                 selector, frozenset(active), forward, self.timeout, self.tcp_state
             ),
+            (v6(VIP6), 17, 53): Service(selector, frozenset(active), forward, self.timeout, self.state6),
+            (v6(VIP6), 6, 80): Service(selector, frozenset(active), forward, self.timeout, self.tcp_state6),
         }
-        answer = frozenset({socket.inet_aton(VIP), socket.inet_aton(VIRT)})
-        neighbors = frozenset(socket.inet_aton(f"172.16.1.{99 + t}") for t in MAC)
+        answer = frozenset({socket.inet_aton(VIP), socket.inet_aton(VIRT), v6(VIP6), v6(VIRT6)})
+        neighbors = frozenset(socket.inet_aton(f"172.16.1.{99 + t}") for t in MAC) | {
+            v6(f"2001:db8:1::{99 + t:x}") for t in MAC
+        }
         self.fwd.install(ForwardingTable(services, answer, neighbors, **self.limits))  # type: ignore[arg-type]
 
     def run(self, *frames: bytes, status: int = R.TP_STATUS_USER) -> list[bytes]:
@@ -125,6 +151,18 @@ def udp(src: str = "198.18.0.10", sport: int = 1000, dport: int = 53, payload: b
 def tcp(src: str = "198.18.0.10", sport: int = 1000, flags: str = "A") -> bytes:
     return bytes(
         Ether(src=CLIENT_MAC, dst=OWN) / IP(src=src, dst=VIP) / TCP(sport=sport, dport=80, flags=flags)
+    )
+
+
+def udp6(src: str = "2001:db8:c::a", sport: int = 1000, dport: int = 53, payload: bytes = b"q" * 20) -> bytes:
+    return bytes(
+        Ether(src=CLIENT_MAC, dst=OWN) / IPv6(src=src, dst=VIP6) / UDP(sport=sport, dport=dport) / payload
+    )
+
+
+def tcp6(src: str = "2001:db8:c::a", sport: int = 1000, flags: str = "A") -> bytes:
+    return bytes(
+        Ether(src=CLIENT_MAC, dst=OWN) / IPv6(src=src, dst=VIP6) / TCP(sport=sport, dport=80, flags=flags)
     )
 
 
@@ -535,9 +573,9 @@ FUZZ_FRAMES = int(os.environ.get("DSRLB_FUZZ_FRAMES", "200000"))
 
 
 def test_fuzzed_frames_never_break_the_packet_path() -> None:
-    """Random bytes and mutated valid frames (ARP, ICMP, TCP, UDP, VRRP, IP options) through the loop:
-    no exception, and a valid frame after them is still forwarded. 200 k in the fast lane; set
-    DSRLB_FUZZ_FRAMES=1000000 for the full run."""
+    """Random bytes and mutated valid frames (ARP, ICMP, TCP, UDP, VRRP, IP options; IPv6 TCP, UDP,
+    neighbour discovery and ping) through the loop: no exception, and a valid frame after them is still
+    forwarded. 200 k in the fast lane; set DSRLB_FUZZ_FRAMES=1000000 for the full run."""
     rng = random.Random(12)
     h = Harness(flows=5000, sessions=2000, embryonic=0.5)
     h.fwd.on_vrrp = lambda frame: None
@@ -554,6 +592,11 @@ def test_fuzzed_frames_never_break_the_packet_path() -> None:
         bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=CLIENT_MAC, psrc="172.16.1.254", pdst=VIP)),
         bytes(Ether(dst=OWN) / ARP(op=2, hwsrc=MAC[2], psrc="172.16.1.101", hwdst=OWN, pdst="172.16.1.252")),
         bytes(Ether(dst="01:00:5e:00:00:12") / IP(dst="224.0.0.18", proto=112, ttl=255) / (b"\x31" * 20)),
+        udp6(),
+        tcp6(flags="S"),
+        solicit(VIP6),
+        advert("2001:db8:1::64", MAC[1]),
+        bytes(Ether(src=CLIENT_MAC, dst=OWN) / IPv6(src="2001:db8:c::a", dst=VIP6) / ICMPv6EchoRequest()),
     ]
     sent = 0
     while sent < FUZZ_FRAMES:
@@ -579,3 +622,251 @@ def test_fuzzed_frames_never_break_the_packet_path() -> None:
     assert len(h.fwd.flows) <= 5000 and h.fwd.session_count <= 2000
     out = h.run(udp(src="198.18.200.1"))
     assert len(out) == 1 and out[0][12:] == udp(src="198.18.200.1")[12:]
+
+
+# --- IPv6 --------------------------------------------------------------------------------------------
+
+
+def test_ipv6_rewrites_only_ethernet_addresses() -> None:
+    h = Harness()
+    frames = [udp6(), tcp6(flags="S")]
+    out = h.run(*frames)
+    assert len(out) == 2 and h.fwd.stats.forwarded == 2
+    for frame, sent in zip(frames, out, strict=True):
+        assert sent[6:12] == raw(OWN) and sent[:6] in {raw(MAC[1]), raw(MAC[2])}
+        assert sent[12:] == frame[12:]
+    client, vip = v6("2001:db8:c::a"), v6(VIP6)
+    assert set(h.fwd.flows) == {client + vip + struct.pack("!HH", 1000, p) for p in (53, 80)}
+    assert list(h.state6.sessions) == list(h.tcp_state6.sessions) == [client]
+    assert not h.state.sessions and not h.tcp_state.sessions
+
+
+def test_ipv6_clients_reach_both_targets_and_keep_their_session() -> None:
+    h = Harness()
+    clients = [f"2001:db8:c::{i:x}" for i in range(1, 41)]
+    first = [target_of(f) for f in h.run(*[udp6(src=c) for c in clients])]
+    assert set(first) == {1, 2}
+    again = [target_of(f) for f in h.run(*[udp6(src=c, sport=2000) for c in clients])]
+    assert again == first  # new flows of known clients follow the session
+    # the same flows once more: the flow check, not the selection
+    assert [target_of(f) for f in h.run(*[udp6(src=c, sport=2000) for c in clients])] == first
+    assert len(h.state6.sessions) == 40 and sum(h.state6.load.values()) == 40
+    assert h.fwd.stats.forwarded == 120
+
+
+def test_ipv6_stateless_pick_hashes_the_whole_address() -> None:
+    """maglev on a 16-byte client: the bucket of jhash over all 16 bytes, as `jhash ip6 saddr`."""
+    h = Harness(flows=0)  # nothing recorded: every packet follows the stateless pick
+    selector = h.fwd.table.services[(v6(VIP6), 17, 53)].selector
+    clients = [f"2001:db8:c::{i:x}" for i in range(1, 41)]
+    want = [selector.buckets()[jhash.bucket(v6(c), selector.seed, selector.size)] for c in clients]
+    assert [target_of(f) for f in h.run(*[udp6(src=c) for c in clients])] == want
+    assert h.fwd.stats.flows_overflow == 40
+
+
+def test_ipv6_drain_moves_new_connections_and_keeps_open_ones() -> None:
+    h = Harness(method="first", targets=(1, 2))
+    assert [target_of(f) for f in h.run(tcp6(sport=1000, flags="S"))] == [1]
+    h.set_targets(active=(2,), draining=(1,))
+    assert [target_of(f) for f in h.run(tcp6(sport=1000))] == [1]  # table changed: selection, same target
+    assert [target_of(f) for f in h.run(tcp6(sport=1000))] == [1]  # flow check
+    assert [target_of(f) for f in h.run(tcp6(sport=1000, flags="S"))] == [2]  # a SYN reusing the port
+    assert [target_of(f) for f in h.run(tcp6(sport=1001, flags="S"))] == [2]
+    assert h.tcp_state6.sessions[v6("2001:db8:c::a")].target == 2
+
+
+def test_ipv6_flows_and_sessions_expire() -> None:
+    h = Harness(timeout=30.0)
+    h.run(udp6(src="2001:db8:c::1"), udp6(src="2001:db8:c::2"), udp6(src="2001:db8:c::2"))
+    key = v6("2001:db8:c::2") + v6(VIP6) + struct.pack("!HH", 1000, 53)
+    h.fwd._sweep(h.fwd.flows[key].born + 6)  # the embryonic one goes, with its session
+    assert list(h.fwd.flows) == [key] and list(h.state6.sessions) == [v6("2001:db8:c::2")]
+    h.fwd._sweep(h.fwd.flows[key].seen + 31)
+    assert not h.fwd.flows and not h.state6.sessions and h.fwd.session_count == 0
+    assert load_of(h.state6) == {}
+
+
+def test_ipv6_unfinished_checksums_are_completed() -> None:
+    h = Harness()
+    good = [
+        udp6(payload=b"checksum me" * 3),
+        bytes(
+            Ether(src=CLIENT_MAC, dst=OWN)
+            / IPv6(src="2001:db8:c::a", dst=VIP6)
+            / TCP(sport=7, dport=80, flags="PA")
+            / b"GET / HTTP/1.0\r\n\r\n"
+        ),
+    ]
+    broken = [bytearray(good[0]), bytearray(good[1])]
+    broken[0][60:62] = b"\x12\x34"  # UDP checksum at 54 + 6
+    broken[1][70:72] = b"\x00\x00"  # TCP checksum at 54 + 16
+    for _ in range(2):  # selection, then the flow check
+        out = h.run(*map(bytes, broken), status=R.TP_STATUS_USER | R.TP_STATUS_CSUMNOTREADY)
+        assert [f[12:] for f in out] == [g[12:] for g in good]
+    assert h.fwd.stats.checksums_fixed == 4
+
+
+def solicit(target: str, hlim: int = 255, src: str = "2001:db8:1::fe", option: bool = True) -> bytes:
+    """A neighbour solicitation as a host sends it: to the target's solicited-node group."""
+    group = "ff02::1:ff" + v6(target)[13:].hex()[:2] + ":" + v6(target)[14:].hex()
+    ns = IPv6(src=src, dst=group, hlim=hlim) / ICMPv6ND_NS(tgt=target)
+    if option:
+        ns /= ICMPv6NDOptSrcLLAddr(lladdr=CLIENT_MAC)
+    return bytes(Ether(src=CLIENT_MAC, dst="33:33:ff:" + v6(target)[13:].hex(":")) / ns)
+
+
+def checksums_hold(frame: bytes) -> bool:
+    """scapy recomputes the ICMPv6 checksum of the parsed frame: the same bytes come out."""
+    rebuilt = Ether(frame)
+    layer = rebuilt[IPv6].payload
+    del layer.cksum
+    return bytes(Ether(bytes(rebuilt))) == frame
+
+
+def test_answers_neighbor_solicitations_for_vip6_and_virt6_only() -> None:
+    h = Harness()
+    out = h.run(*[solicit(a) for a in (VIP6, VIRT6, "2001:db8:1::77")])
+    assert len(out) == 2 and h.fwd.stats.nd_replies == 2
+    for frame, address in zip(out, (VIP6, VIRT6), strict=True):
+        na = Ether(frame)
+        assert (na.src, na.dst) == (OWN, CLIENT_MAC)
+        assert (na[IPv6].src, na[IPv6].dst, na[IPv6].hlim) == (address, "2001:db8:1::fe", 255)
+        adv = na[ICMPv6ND_NA]
+        assert (adv.tgt, adv.R, adv.S, adv.O) == (address, 0, 1, 1)
+        assert na[ICMPv6NDOptDstLLAddr].lladdr == OWN
+        assert checksums_hold(frame)
+    # duplicate address detection for a VIP: defended to all nodes, not solicited
+    dad = bytes(
+        Ether(src=CLIENT_MAC, dst="33:33:ff:00:00:10")
+        / IPv6(src="::", dst="ff02::1:ff00:10", hlim=255)
+        / ICMPv6ND_NS(tgt=VIP6)
+    )
+    [na] = [Ether(f) for f in h.run(dad)]
+    assert (na.dst, na[IPv6].dst, na[ICMPv6ND_NA].S, na[ICMPv6ND_NA].O) == (
+        "33:33:00:00:00:01",
+        "ff02::1",
+        0,
+        1,
+    )
+
+
+def test_neighbor_solicitations_must_come_from_a_neighbour_and_be_valid() -> None:
+    h = Harness()
+    routed = solicit(VIP6, hlim=254)  # hop limit below 255: it crossed a router
+    bad_sum = bytearray(solicit(VIP6))
+    bad_sum[56] ^= 1
+    empty_option = bytearray(solicit(VIP6))
+    empty_option[79] = 0  # the source link-layer option's length
+    dad_with_option = solicit(VIP6, src="::")  # RFC 4861 7.1.1: no source link-layer option from ::
+    elsewhere = bytearray(solicit(VIP6))
+    elsewhere[:6] = raw(MAC[3])  # a unicast MAC not ours
+    assert h.run(routed, bytes(bad_sum), bytes(empty_option), dad_with_option, bytes(elsewhere)) == []
+    assert h.fwd.stats.drops["nd_invalid"] == 4 and h.fwd.stats.drops["not_for_us"] == 1
+    assert h.fwd.stats.nd_replies == 0
+    # the same solicitation, unicast to us (neighbour unreachability detection), is answered
+    unicast = bytearray(solicit(VIP6))
+    unicast[:6] = raw(OWN)
+    assert len(h.run(bytes(unicast))) == 1
+
+
+def test_bgp_mode_answers_no_neighbor_solicitation_but_ping_and_forwards() -> None:
+    h = Harness()
+    h.fwd.install(dataclasses.replace(h.fwd.table, arp=frozenset()))
+    ping = Ether(src=CLIENT_MAC, dst=OWN) / IPv6(src="2001:db8:c::a", dst=VIP6) / ICMPv6EchoRequest()
+    out = h.run(solicit(VIP6), bytes(ping), udp6())
+    assert [Ether(f)[IPv6].nh for f in out] == [58, 17]
+    assert ICMPv6EchoReply in Ether(out[0])
+    assert h.fwd.stats.nd_replies == 0 and h.fwd.stats.forwarded == 1
+
+
+def advert(target: str, mac: str, to: str = OWN, solicited: bool = True, hlim: int = 255) -> bytes:
+    dst = "2001:db8:1::fe" if solicited else "ff02::1"
+    return bytes(
+        Ether(src=mac, dst=to)
+        / IPv6(src=target, dst=dst, hlim=hlim)
+        / ICMPv6ND_NA(tgt=target, S=int(solicited), O=1)
+        / ICMPv6NDOptDstLLAddr(lladdr=mac)
+    )
+
+
+def test_learns_target_macs_from_neighbor_advertisements() -> None:
+    h = Harness()
+    target, stranger = "2001:db8:1::64", "2001:db8:1::77"  # target 1, and an address not in `neighbors`
+    unsolicited = advert(target, MAC[1], to="33:33:00:00:00:01", solicited=False)
+    assert h.run(unsolicited, advert(target, MAC[1], hlim=64), advert(stranger, MAC[3])) == []
+    assert v6(target) not in h.fwd.neighbors and h.learned == []
+    assert h.fwd.stats.arp_ignored == 1 and h.fwd.stats.drops["nd_invalid"] == 1
+    h.run(advert(target, MAC[1]))
+    assert h.fwd.neighbors[v6(target)][0] == raw(MAC[1]) and h.learned == [v6(target)]
+    # a change within MAC_HOLD is not taken, one after it is
+    h.run(advert(target, MAC[3]))
+    assert h.fwd.neighbors[v6(target)][0] == raw(MAC[1]) and h.fwd.stats.arp_ignored == 2
+    h.fwd._mac_changed[v6(target)] -= 1.5
+    h.run(advert(target, MAC[3]), advert(target, MAC[1]))
+    assert h.fwd.neighbors[v6(target)][0] == raw(MAC[3]) and h.learned == [v6(target)] * 2
+    assert h.fwd.stats.arp_changed == 1
+
+
+def test_answers_ping6_to_vip6() -> None:
+    h = Harness()
+    ping = bytes(
+        Ether(src=CLIENT_MAC, dst=OWN)
+        / IPv6(src="2001:db8:c::a", dst=VIP6)
+        / ICMPv6EchoRequest(id=7, seq=3, data=b"abc")
+    )
+    other = bytes(
+        Ether(src=CLIENT_MAC, dst=OWN) / IPv6(src="2001:db8:c::a", dst="2001:db8:1::77") / ICMPv6EchoRequest()
+    )
+    bad_sum = bytearray(ping)
+    bad_sum[-1] ^= 1
+    [out] = h.run(ping, other, bytes(bad_sum))
+    reply = Ether(out)
+    assert reply.dst == CLIENT_MAC and reply.src == OWN
+    assert (reply[IPv6].src, reply[IPv6].dst) == (VIP6, "2001:db8:c::a")
+    assert (reply[ICMPv6EchoReply].id, reply[ICMPv6EchoReply].seq, reply[ICMPv6EchoReply].data) == (
+        7,
+        3,
+        b"abc",
+    )
+    assert checksums_hold(out)
+    assert h.fwd.stats.icmp_replies == 1
+    assert h.fwd.stats.drops["icmp_not_ours"] == 1 and h.fwd.stats.drops["icmp_not_echo"] == 1
+
+
+def test_ipv6_vrrp_goes_to_the_control_plane() -> None:
+    h = Harness()
+    seen: list[bytes] = []
+    h.fwd.on_vrrp = seen.append
+    advert = bytes(
+        Ether(dst="33:33:00:00:00:12")
+        / IPv6(src="fe80::1", dst="ff02::12", nh=112, hlim=255)
+        / (b"\x31" * 20)
+    )
+    assert h.run(advert) == [] and seen == [advert]
+
+
+ether6 = Ether(src=CLIENT_MAC, dst=OWN)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (udp6()[:57], "runt"),
+        (bytes(ether6 / IPv6(dst=VIP6) / IPv6ExtHdrHopByHop() / UDP(dport=53)), "ipv6_ext_header"),
+        (bytes(ether6 / IPv6(dst=VIP6) / IPv6ExtHdrRouting() / UDP(dport=53)), "ipv6_ext_header"),
+        (bytes(ether6 / IPv6(dst=VIP6) / IPv6ExtHdrDestOpt() / TCP(dport=80)), "ipv6_ext_header"),
+        (bytes(ether6 / IPv6(dst=VIP6) / IPv6ExtHdrFragment() / UDP(dport=53)), "fragment"),
+        (udp6()[:18] + b"\x05\xdc" + udp6()[20:], "bad_ip_length"),
+        (udp6()[:14] + b"\x50" + udp6()[15:], "bad_ip_header"),
+        (bytes(Ether(src=CLIENT_MAC, dst=MAC[3]) / IPv6(dst=VIP6) / UDP(dport=53)), "not_for_us"),
+        (bytes(ether6 / IPv6(dst=VIP6, nh=6) / (b"\x00" * 8)), "truncated_l4"),
+        (bytes(ether6 / IPv6(dst=VIP6, nh=58) / (b"\x80" * 4)), "truncated_l4"),
+        (bytes(ether6 / IPv6(dst=VIP6) / UDP(dport=54)), "no_service"),
+        (bytes(ether6 / IPv6(dst=VIP6, nh=47) / (b"x" * 20)), "ip_protocol"),
+    ],
+)
+def test_malformed_ipv6_frames_are_counted_and_do_not_stop_forwarding(frame: bytes, reason: str) -> None:
+    h = Harness()
+    out = h.run(frame, udp6())
+    assert len(out) == 1 and out[0][12:] == udp6()[12:]
+    assert h.fwd.stats.drops == {reason: 1}

@@ -73,6 +73,25 @@ def test_stateless_pick_is_the_bucket_the_kernel_computes(method):
         assert selector.pick(client) == table[jhash.bucket(client, seed, SIZE)]
 
 
+@pytest.mark.parametrize("method", STATELESS_METHODS)
+def test_stateless_pick_of_an_ipv6_client_hashes_all_16_bytes(method):
+    """`jhash ip6 saddr mod SIZE seed SEED`: nft hands jhash the whole address, and so does `pick` (no
+    fold to 32 bits: the kernel has none). Clients that differ in any word are spread alike."""
+    seed = 0x1234ABCD
+    selector = Selector(method, WEIGHTED, SIZE, seed)
+    table = selector.buckets()
+    rng = random.Random(6)
+    for _ in range(2000):
+        client = rng.randbytes(16)
+        assert selector.pick(client) == table[jhash.bucket(client, seed, SIZE)]
+    for word in range(4):  # only one word varies: still every bucket
+        buckets = {
+            jhash.bucket(bytes(4 * word) + rng.randbytes(4) + bytes(12 - 4 * word), seed, SIZE)
+            for _ in range(5000)
+        }
+        assert len(buckets) == SIZE, word
+
+
 def test_bucket_tables_per_method():
     maglev = Counter(Selector("maglev", WEIGHTED, SIZE).buckets())
     assert {tid: round(n / SIZE, 2) for tid, n in maglev.items()} == {1: 0.17, 2: 0.33, 3: 0.5}
