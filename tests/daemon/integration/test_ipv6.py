@@ -52,10 +52,12 @@ from socket import AF_INET6, inet_pton, inet_ntop
 target = sys.argv[1]
 group = inet_ntop(AF_INET6, in6_getnsma(inet_pton(AF_INET6, target)))
 mac = get_if_hwaddr("eth0")
-ns = (Ether(src=mac, dst=in6_getnsmac(inet_pton(AF_INET6, group))) / IPv6(src="2001:db8:1::254", dst=group, hlim=255)
-      / ICMPv6ND_NS(tgt=target) / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+eth = Ether(src=mac, dst=in6_getnsmac(inet_pton(AF_INET6, group)))
+ns = eth / IPv6(src="2001:db8:1::254", dst=group, hlim=255) / ICMPv6ND_NS(tgt=target)
+ns = ns / ICMPv6NDOptSrcLLAddr(lladdr=mac)
 ans, _ = srp(ns, iface="eth0", timeout=1, multi=True, verbose=0)
-print(json.dumps(sorted({r[Ether].src for _, r in ans if ICMPv6ND_NA in r and r[ICMPv6ND_NA].tgt == target})))
+found = {r[Ether].src for _, r in ans if ICMPv6ND_NA in r and r[ICMPv6ND_NA].tgt == target}
+print(json.dumps(sorted(found)))
 """
 
 # Runs until its stdin closes, then prints (ether src, ether dst) of every captured IPv6 frame.
@@ -77,7 +79,7 @@ def config(name: str, access: str) -> str:
     text = text.replace("          access raw\n", f"          access {access}\n")
     text = text.replace(
         "          real 172.16.1.252\n",
-        f"          real {REAL[name]}\n          mask6 64\n          real6 {REAL6[name]}\n          virt6 {VIRT6}\n",
+        f"          real {REAL[name]}\n mask6 64\n real6 {REAL6[name]}\n virt6 {VIRT6}\n",
     )
     text = text.replace("register  server 1\nenable    server 1\n", "")
     text = text.replace("register  targets 1,2\nenable    targets 1,2\n", "")
@@ -147,7 +149,7 @@ class V6Lab(Lab):
             time.sleep(0.2)
 
     def http6(self, sources: list[str]) -> dict[str, str]:
-        res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, f"[{VIP6}]", "2", *sources, timeout=60)
+        res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, VIP6, "2", *sources, timeout=60)
         return json.loads(res.stdout)
 
     def ndp(self, address: str) -> list[str]:
@@ -207,7 +209,9 @@ def test_only_the_master_answers_neighbour_solicitations(v6lab: V6Lab) -> None:
 
 def test_clean_failover_under_ipv6_load_loses_nothing(v6lab: V6Lab) -> None:
     pipe = subprocess.PIPE
-    load = v6lab.topo.popen("client", PYTHON, "-c", LOAD_LOOP, f"[{VIP6}]", "2", *LOAD6, stdin=pipe, stdout=pipe, stderr=pipe)
+    load = v6lab.topo.popen(
+        "client", PYTHON, "-c", LOAD_LOOP, VIP6, "2", *LOAD6, stdin=pipe, stdout=pipe, stderr=pipe
+    )
     assert load.stdout is not None and load.stdout.readline().strip() == "ready"
     time.sleep(1)
     assert v6lab.topo.stop(v6lab.daemons.pop("lb1"), timeout=10) == 0
