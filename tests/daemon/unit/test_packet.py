@@ -93,7 +93,8 @@ def icmp6_checksum_holds(frame: bytes) -> bool:
 @pytest.mark.parametrize("payload", [b"", b"x", b"checksum me" * 3])
 def test_ipv6_udp_and_tcp_checksums_match_scapy(payload: bytes) -> None:
     for l4 in (UDP(sport=7, dport=53), TCP(sport=7, dport=80, flags="PA")):
-        good = bytes(Ether() / IPv6(src="2001:db8:c::a", dst="2001:db8:1::10") / l4 / payload)
+        eth = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+        good = bytes(eth / IPv6(src="2001:db8:c::a", dst="2001:db8:1::10") / l4 / payload)
         at = 54 + (6 if isinstance(l4, UDP) else 16)
         frame = bytearray(good)
         frame[at : at + 2] = b"\xab\xcd"
