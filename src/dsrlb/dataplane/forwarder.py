@@ -174,9 +174,8 @@ class ForwardingTable:
     services: dict[tuple[bytes, int, int], Service]  # (VIP, IP protocol, port)
     # addresses we answer ARP, neighbour solicitations and ping for (empty while VRRP backup)
     answer: frozenset[bytes]
-    neighbors: frozenset[
-        bytes
-    ]  # addresses whose MAC we learn from ARP and neighbour advertisements (targets)
+    # addresses whose MAC we learn from ARP and neighbour advertisements (the targets)
+    neighbors: frozenset[bytes]
     # setting `drainidle`: a flow with a packet this recent counts as an open connection, and a draining
     # target without any as drained
     drainidle: float = 5.0
@@ -505,7 +504,7 @@ class Forwarder:
                 elif etype == 0x86DD and length < 58:  # IPv6 header and ports
                     drops["runt"] += 1
                 elif etype == 0x86DD:  # IPv6: no fast path of its own, a flow check once the header is valid
-                    vtf, plen, nh, _, src, dst, sport, dport = ipv6_header(mm, f + 14)
+                    vtf, plen, nh, _, src, dst, _, dport = ipv6_header(mm, f + 14)
                     total = 40 + plen
                     if nh == 112:  # VRRP adverts for IPv6 go to ff02::12, the control plane validates
                         if self.on_vrrp is None:
