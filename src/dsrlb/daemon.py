@@ -35,8 +35,10 @@ from dsrlb.dataplane.packet import (
     ALL_NODES_MAC,
     arp_frame,
     gratuitous_arp,
+    multicast_mac,
     neighbor_advertisement,
     neighbor_solicitation,
+    solicited_node,
 )
 from dsrlb.dataplane.ring import Insn, PacketRing, check_filter
 from dsrlb.failover import Failover
@@ -453,6 +455,10 @@ class Daemon:
         self.failover.configure(config.vrrp, source, _ipv4(plan.addresses))  # IPv6 ones follow its state
         self._configure_sync(config)
         self.addresses = plan.addresses
+        for addr in plan.addresses:  # NICs filter multicast: solicitations for our IPv6 addresses go to these
+            group = multicast_mac(solicited_node(addr.packed)) if addr.version == 6 else None
+            if group is not None and group not in self.ring.groups:
+                self.ring.join(group)
         if plan.kernel_forwards and not self.kernel_forwards:  # make before break: the kernel first
             self.kernel_forwards = True
             self.rebuild()

@@ -29,6 +29,11 @@ FRAME_COUNTERS = (
     ("arp_replies", "arp_replies_total", "ARP replies sent for a VIP or the shared virt address."),
     ("icmp_replies", "icmp_echo_replies_total", "ICMP echo replies sent for a VIP or the virt address."),
     (
+        "nd_replies",
+        "neighbour_advertisements_total",
+        "Neighbour advertisements sent answering solicitations for an IPv6 VIP or virt6.",
+    ),
+    (
         "checksums_fixed",
         "checksum_completed_frames_total",
         "Forwarded frames whose TCP/UDP checksum the kernel had left unfinished (CHECKSUM_PARTIAL).",

@@ -253,6 +253,7 @@ def stats(
         "forwarded": st.forwarded,
         "arp_replies": st.arp_replies,
         "icmp_replies": st.icmp_replies,
+        "nd_replies": st.nd_replies,
         "checksums_fixed": st.checksums_fixed,
         "link_down": st.link_down,
         "tx_errors": st.tx_errors,

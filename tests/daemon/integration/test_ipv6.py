@@ -42,33 +42,25 @@ WEB6 = {"web1": "2001:db8:1::100", "web2": "2001:db8:1::101"}
 CLIENTS6 = [f"2001:db8:2::{i:x}" for i in range(0x10, 0x24)]
 LOAD6 = [f"2001:db8:2::{i:x}" for i in range(0x30, 0x35)]
 
-# In the router: a neighbour solicitation for argv 1 from the router's address; prints the MACs of every
-# neighbour advertisement for it within a second.
+# In the router: a neighbour solicitation for each address of argv from the router's address; prints
+# {address: MACs of every neighbour advertisement for it within a second}.
 NDP_PROBE = """
 import json, sys
 from scapy.all import Ether, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, get_if_hwaddr, srp
 from scapy.utils6 import in6_getnsma, in6_getnsmac
 from socket import AF_INET6, inet_pton, inet_ntop
-target = sys.argv[1]
-group = inet_ntop(AF_INET6, in6_getnsma(inet_pton(AF_INET6, target)))
-mac = get_if_hwaddr("eth0")
-eth = Ether(src=mac, dst=in6_getnsmac(inet_pton(AF_INET6, group)))
-ns = eth / IPv6(src="2001:db8:1::254", dst=group, hlim=255) / ICMPv6ND_NS(tgt=target)
-ns = ns / ICMPv6NDOptSrcLLAddr(lladdr=mac)
-ans, _ = srp(ns, iface="eth0", timeout=1, multi=True, verbose=0)
-found = {r[Ether].src for _, r in ans if ICMPv6ND_NA in r and r[ICMPv6ND_NA].tgt == target}
-print(json.dumps(sorted(found)))
-"""
-
-# Runs until its stdin closes, then prints (ether src, ether dst) of every captured IPv6 frame.
-SNIFFER6 = """
-import json, sys
-from scapy.all import AsyncSniffer, Ether
-sniffer = AsyncSniffer(iface="eth0", filter=sys.argv[1], store=True,
-                       started_callback=lambda: print("ready", flush=True))
-sniffer.start()
-sys.stdin.read()
-print(json.dumps([[f[Ether].src, f[Ether].dst] for f in sniffer.stop()]))
+mac, probes = get_if_hwaddr("eth0"), []
+for target in sys.argv[1:]:
+    group = inet_ntop(AF_INET6, in6_getnsma(inet_pton(AF_INET6, target)))
+    eth = Ether(src=mac, dst=in6_getnsmac(inet_pton(AF_INET6, group)))
+    ns = eth / IPv6(src="2001:db8:1::254", dst=group, hlim=255) / ICMPv6ND_NS(tgt=target)
+    probes.append(ns / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+ans, _ = srp(probes, iface="eth0", timeout=1, multi=True, verbose=0)
+found = {t: set() for t in sys.argv[1:]}
+for _, r in ans:
+    if ICMPv6ND_NA in r and r[ICMPv6ND_NA].tgt in found:
+        found[r[ICMPv6ND_NA].tgt].add(r[Ether].src)
+print(json.dumps({t: sorted(macs) for t, macs in found.items()}))
 """
 
 
@@ -152,8 +144,21 @@ class V6Lab(Lab):
         res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, VIP6, "2", *sources, timeout=60)
         return json.loads(res.stdout)
 
-    def ndp(self, address: str) -> list[str]:
-        return json.loads(self.python("router", NDP_PROBE, address))
+    def ndp(self, *addresses: str) -> dict[str, list[str]]:
+        return json.loads(self.python("router", NDP_PROBE, *addresses))
+
+    def sniff(self, host: str, bpf: str) -> subprocess.Popen[str]:
+        """tcpdump (quicker to start than scapy) printing the MACs of what `bpf` matches on eth0."""
+        pipe = subprocess.PIPE
+        return self.topo.popen(host, "tcpdump", "-i", "eth0", "-e", "-n", "-l", bpf, stdout=pipe, stderr=pipe)
+
+    @staticmethod
+    def sniffed(proc: subprocess.Popen[str]) -> list[tuple[str, str]]:
+        """(source MAC, destination MAC) of each frame a `sniff` saw, once it is stopped."""
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        fields = [line.split() for line in out.splitlines() if " > " in line]  # TIME SRC > DST, ...
+        return [(f[1], f[3].rstrip(",")) for f in fields]
 
 
 @pytest.fixture(scope="module", params=["raw", "nftables"])
@@ -181,16 +186,13 @@ def test_ipv6_clients_reach_both_targets_and_replies_bypass_the_balancers(v6lab:
         ("web1", "requests"): requests,
         ("web2", "requests"): requests,
     }
-    procs = {key: v6lab.python_bg(key[0], SNIFFER6, bpf) for key, bpf in sniffers.items()}
-    for key, proc in procs.items():
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", key
+    procs = {key: v6lab.sniff(key[0], bpf) for key, bpf in sniffers.items()}
+    for key, proc in procs.items():  # tcpdump says when it listens
+        assert proc.stderr is not None
+        assert any("listening on" in proc.stderr.readline() for _ in range(3)), key
     results = v6lab.http6(CLIENTS6)
     time.sleep(0.3)
-    captured = {}
-    for key, proc in procs.items():
-        out, err = proc.communicate("", timeout=20)
-        assert proc.returncode == 0, err
-        captured[key] = json.loads(out)
+    captured = {key: v6lab.sniffed(proc) for key, proc in procs.items()}
     assert all(not r.startswith("ERR") for r in results.values()), results
     assert set(results.values()) == set(WEBS), results
     macs = v6lab.macs
@@ -202,9 +204,9 @@ def test_ipv6_clients_reach_both_targets_and_replies_bypass_the_balancers(v6lab:
 
 
 def test_only_the_master_answers_neighbour_solicitations(v6lab: V6Lab) -> None:
-    for address in (VIP6, VIRT6):
-        assert v6lab.ndp(address) == [v6lab.macs["lb1"]], address
-    assert v6lab.ndp(REAL6["lb2"]) == [v6lab.macs["lb2"]]  # the kernel still answers for real6
+    macs = v6lab.macs
+    answers = v6lab.ndp(VIP6, VIRT6, REAL6["lb2"])
+    assert answers == {VIP6: [macs["lb1"]], VIRT6: [macs["lb1"]], REAL6["lb2"]: [macs["lb2"]]}, answers
 
 
 def test_clean_failover_under_ipv6_load_loses_nothing(v6lab: V6Lab) -> None:
@@ -222,4 +224,4 @@ def test_clean_failover_under_ipv6_load_loses_nothing(v6lab: V6Lab) -> None:
     assert not outcome["failed"] and outcome["ok"] > 50, outcome
     neighbours = v6lab.topo.run("router", "ip", "-6", "-j", "neigh", "show", VIP6).stdout
     assert {n["lladdr"] for n in json.loads(neighbours) if "lladdr" in n} == {v6lab.macs["lb2"]}
-    assert v6lab.ndp(VIP6) == [v6lab.macs["lb2"]]
+    assert v6lab.ndp(VIP6) == {VIP6: [v6lab.macs["lb2"]]}
