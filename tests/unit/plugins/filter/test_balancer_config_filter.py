@@ -228,13 +228,16 @@ def test_a_network_without_addr6_gets_no_ipv6_keys():
 
 
 def test_an_ipv6_server_gets_the_ipv6_address_of_each_target_host():
-    result = config([SERVER, SERVER6], networks=NETWORKS6, hosts=("web1",), hostvars=HOSTVARS6, real6="::1")
+    result = config(
+        [SERVER, SERVER6], networks=NETWORKS6, hosts=("web1",), hostvars=HOSTVARS6, real6="2001:db8:1::fc"
+    )
     assert [(s["id"], s["ipaddr"], s["targets"]) for s in result["servers"]] == [
         (1, "10.0.0.1", [1]),
         (2, "2001:db8:1::10", [2]),
     ]
-    assert [(t["id"], t["ipaddr"]) for t in result["targets"]] == [(1, "172.16.1.100"), (2, "2001:db8:1::100")]
-    only6 = config([SERVER6], networks=NETWORKS6, hosts=("web2",), hostvars=HOSTVARS6, real6="::1")
+    targets = [(t["id"], t["ipaddr"]) for t in result["targets"]]
+    assert targets == [(1, "172.16.1.100"), (2, "2001:db8:1::100")]
+    only6 = config([SERVER6], networks=NETWORKS6, hosts=("web2",), hostvars=HOSTVARS6, real6="2001:db8:1::fc")
     assert only6["targets"][0]["ipaddr"] == "2001:db8:1::101"  # dsrlb_target_address (ansible_host) is IPv6
 
 
@@ -251,7 +254,10 @@ def test_ipv6_renders_as_the_daemon_reads_it():
     "kwargs, message",
     [
         (dict(real6=None), "network 1 has addr6 but no real6: give the balancer's own IPv6 address"),
-        (dict(networks=[dict(NETWORKS6[0], addr6="2001:db8:1::/129")], real6="::1"), "addr6 '2001:db8:1::/129'"),
+        (
+            dict(networks=[dict(NETWORKS6[0], addr6="2001:db8:1::/129")]),
+            "network 1: addr6 '2001:db8:1::/129' is not an IPv6 network",
+        ),
         (
             dict(hostvars={"web1": {"dsrlb_target_address": "172.16.1.100"}, "web2": HOSTVARS6["web2"]}),
             r"target host web1: no IPv6 address for the IPv6 virtual server 2 \(2001:db8:1::10\): set its "
