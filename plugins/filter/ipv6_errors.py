@@ -140,8 +140,12 @@ def ipv6_errors(
     balancer_hosts: Sequence[str] = (),
     target_hosts: Sequence[str] = (),
     hostvars: Mapping[str, t.Any] | None = None,
+    interface: str | None = None,
+    interface_addresses: Sequence[str] | None = None,
 ) -> list[str]:
-    """Messages naming the inventory key for a balancer's IPv6 input; [] when it is sound."""
+    """Messages naming the inventory key for a balancer's IPv6 input; [] when it is sound. With the
+    data interface's IPv6 addresses (facts), dsrlb_real6 must be one of them: it is the source of the
+    health checks and Neighbor Advertisements."""
     nets, errors = _networks(networks, real6)
     listed = ", ".join(str(network) for _, network in nets)
     where = (
@@ -154,6 +158,12 @@ def ipv6_errors(
         errors += found
         if address is not None and not _inside(address, nets):
             errors.append(f"dsrlb_real6: {real6} {where}")
+        if address is not None and interface_addresses is not None:
+            if address not in {_parsed(own) for own in interface_addresses}:
+                errors.append(
+                    f"dsrlb_real6: {real6} is not an address of {interface} (dsrlb_interface), which has "
+                    + (", ".join(interface_addresses) or "no IPv6 address")
+                )
     owners = _owners(balancer_hosts, target_hosts, hostvars or {})
     items = servers if isinstance(servers, Sequence) and not isinstance(servers, str) else ()
     for index, server in enumerate(items):

@@ -125,3 +125,13 @@ def test_a_vip_may_not_be_an_own_address_of_the_fleet():
         "dsrlb_servers[2].vip: 2001:db8:1::100 is the own address of target web1 (dsrlb_target_address6)",
         "dsrlb_servers[3].vip: 2001:db8:1::101 is the own address of target web2 (dsrlb_target_address)",
     ]
+
+
+def test_dsrlb_real6_must_be_on_the_data_interface():
+    assert errors(interface="eth0", interface_addresses=["fe80::1", "2001:db8:1:0::fc"]) == []
+    assert errors(interface="eth0", interface_addresses=["fe80::1"]) == [
+        "dsrlb_real6: 2001:db8:1::fc is not an address of eth0 (dsrlb_interface), which has fe80::1"
+    ]
+    assert errors(interface="eth0", interface_addresses=[]) == [
+        "dsrlb_real6: 2001:db8:1::fc is not an address of eth0 (dsrlb_interface), which has no IPv6 address"
+    ]
