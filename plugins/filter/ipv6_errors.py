@@ -63,8 +63,8 @@ def _is_ipv6(value: t.Any) -> bool:
     return ":" in str(value)
 
 
-def _inside(address: ipaddress.IPv6Address, nets: list[tuple[str, ipaddress.IPv6Network]]) -> bool:
-    return any(address in network for _, network in nets)
+def _inside(address: ipaddress.IPv6Address, nets: list[ipaddress.IPv6Network]) -> bool:
+    return any(address in network for network in nets)
 
 
 def _owners(
@@ -100,8 +100,8 @@ def _parsed(value: t.Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return None
 
 
-def _networks(networks: t.Any, real6: t.Any) -> tuple[list[tuple[str, ipaddress.IPv6Network]], list[str]]:
-    """The IPv6 networks (key, network) and the messages of addr6, real6 and virt6 of each item."""
+def _networks(networks: t.Any, real6: t.Any) -> tuple[list[ipaddress.IPv6Network], list[str]]:
+    """The IPv6 networks and the messages of addr6, real6 and virt6 of each item."""
     nets = []
     errors = []
     items = networks if isinstance(networks, Sequence) and not isinstance(networks, str) else ()
@@ -114,7 +114,7 @@ def _networks(networks: t.Any, real6: t.Any) -> tuple[list[tuple[str, ipaddress.
             network, found = _network6(net["addr6"], f"{key}.addr6", f"{key}.addr")
             errors += found
             if network is not None:
-                nets.append((f"{key}.addr6", network))
+                nets.append(network)
             if net.get("real6") is None and real6 is None:
                 errors.append(
                     f"{key}.addr6: the balancer needs its own IPv6 address on {net['addr6']}: set the host "
@@ -147,7 +147,7 @@ def ipv6_errors(
     data interface's IPv6 addresses (facts), dsrlb_real6 must be one of them: it is the source of the
     health checks and Neighbor Advertisements."""
     nets, errors = _networks(networks, real6)
-    listed = ", ".join(str(network) for _, network in nets)
+    listed = ", ".join(str(network) for network in nets)
     where = (
         f"is inside no IPv6 network of dsrlb_networks (addr6: {listed})"
         if nets

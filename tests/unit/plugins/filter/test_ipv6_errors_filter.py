@@ -11,8 +11,8 @@ SERVERS = [{"id": 1, "vip": "172.16.1.10", "port": 80}, {"id": 2, "vip": "2001:d
 REAL6 = "2001:db8:1::fc"
 
 
-def errors(servers=SERVERS, networks=(NET,), real6=REAL6, **kwargs):
-    return ipv6_errors(servers, networks=list(networks), real6=real6, **kwargs)
+def errors(servers=tuple(SERVERS), networks=(NET,), real6=REAL6, **kwargs):
+    return ipv6_errors(list(servers), networks=list(networks), real6=real6, **kwargs)
 
 
 def test_sound_input_gives_no_message():
@@ -119,7 +119,7 @@ def test_a_vip_may_not_be_an_own_address_of_the_fleet():
         servers=servers, balancer_hosts=["lb1", "lb2"], target_hosts=["web1", "web2"], hostvars=hostvars
     )
     assert all(message.endswith("; a VIP must be an address of its own") for message in found)
-    assert [message.split(";")[0] for message in found] == [
+    assert [message.split(";", maxsplit=1)[0] for message in found] == [
         "dsrlb_servers[0].vip: 2001:db8:1::fc is the own address of balancer lb1 (dsrlb_real6)",
         "dsrlb_servers[1].vip: 2001:db8:1::00fb is the own address of balancer lb2 (dsrlb_networks[0].real6)",
         "dsrlb_servers[2].vip: 2001:db8:1::100 is the own address of target web1 (dsrlb_target_address6)",
