@@ -9,6 +9,7 @@ balancer_config.yml next to this file.
 
 from __future__ import annotations
 
+import ipaddress
 import typing as t
 from collections.abc import Mapping, Sequence
 
@@ -72,6 +73,42 @@ def _host_var(host: str, hv: Mapping[str, t.Any], name: str, default: t.Any, con
         raise AnsibleFilterError(message) from None
 
 
+def _version(address: t.Any) -> int | None:
+    """4 or 6 for an IP address, None for anything else (a host name)."""
+    try:
+        return ipaddress.ip_address(str(address)).version
+    except ValueError:
+        return None
+
+
+def _target_address(host: str, hv: Mapping[str, t.Any], server: Mapping[str, t.Any]) -> t.Any:
+    """The host's address of the server's family: the daemon sends a server's packets to targets of its
+    own family only. dsrlb_target_address (default ansible_host) serves both families' servers unless
+    it is an address of the other one; dsrlb_target_address6 gives a host an IPv6 address besides it."""
+    address = hv.get("dsrlb_target_address", hv.get("ansible_host", host))
+    address6 = hv.get("dsrlb_target_address6")
+    if address6 is not None and _version(address6) != 6:
+        message = f"target host {host}: dsrlb_target_address6: {address6!r} is not an IPv6 address"
+        raise AnsibleFilterError(message)
+    served = f"virtual server {server['id']} ({server['vip']})"
+    if _version(server["vip"]) == 6:
+        if address6 is not None:
+            return address6
+        if _version(address) == 6:
+            return address
+        raise AnsibleFilterError(
+            f"target host {host}: no IPv6 address for the IPv6 {served}: set its dsrlb_target_address6, "
+            f"or dsrlb_target_servers without {server['id']}"
+        )
+    if _version(address) == 6:
+        raise AnsibleFilterError(
+            f"target host {host}: no IPv4 address for the IPv4 {served}: its dsrlb_target_address "
+            f"{address} is IPv6; give it the IPv4 address and dsrlb_target_address6 this one, or set "
+            f"dsrlb_target_servers without {server['id']}"
+        )
+    return address
+
+
 def _targets(
     servers: list[Mapping[str, t.Any]], target_hosts: Sequence[str], hostvars: Mapping[str, t.Any]
 ) -> list[list[dict[str, t.Any]]]:
@@ -90,7 +127,7 @@ def _targets(
             targets.append(
                 {
                     "id": number,
-                    "ipaddr": hv.get("dsrlb_target_address", hv.get("ansible_host", host)),
+                    "ipaddr": _target_address(host, hv, server),
                     "port": server["port"],
                     "protocol": server.get("protocol", "tcp"),
                     "weight": _host_var(host, hv, "dsrlb_target_weight", 1, int),
@@ -102,15 +139,30 @@ def _targets(
     return served
 
 
-def _network(net: Mapping[str, t.Any], real: str | None) -> dict[str, t.Any]:
-    """A network on the role's one interface, with the balancer's own address unless it has its own."""
+def _network(net: Mapping[str, t.Any], real: str | None, real6: str | None) -> dict[str, t.Any]:
+    """A network on the role's one interface, with the balancer's own address unless it has its own;
+    with addr6, the IPv6 network too: its prefix length (mask6) and the balancer's own IPv6 address."""
     network = {"id": net["id"], "addr": net["addr"], "real": net.get("real", real), "interface": 1}
     if network["real"] is None:
         raise AnsibleFilterError(
             f"network {net['id']} has no real address: give the balancer's own address (real, the "
             "role's host var dsrlb_real) or the network's real"
         )
-    return network | {key: net[key] for key in ("name", "mask", "virt") if key in net}
+    network |= {key: net[key] for key in ("name", "mask", "virt") if key in net}
+    if net.get("addr6") is None:
+        return network
+    try:
+        mask6 = ipaddress.IPv6Network(str(net["addr6"]), strict=False).prefixlen
+    except ValueError:
+        message = f"network {net['id']}: addr6 {net['addr6']!r} is not an IPv6 network (2001:db8:1::/64)"
+        raise AnsibleFilterError(message) from None
+    network |= {"mask6": mask6, "real6": net.get("real6", real6)}
+    if network["real6"] is None:
+        raise AnsibleFilterError(
+            f"network {net['id']} has addr6 but no real6: give the balancer's own IPv6 address (the "
+            "role's host var dsrlb_real6) or the network's real6"
+        )
+    return network | ({"virt6": net["virt6"]} if "virt6" in net else {})
 
 
 def _server(server: Mapping[str, t.Any], targets: list[dict[str, t.Any]]) -> dict[str, t.Any]:
@@ -184,13 +236,14 @@ def balancer_config(
     balancer_hosts: Sequence[str] | None = None,
     host: str | None = None,
     sync: bool = False,
+    real6: str | None = None,
 ) -> dict[str, t.Any]:
     """The networks, servers, targets and vrrp options of the dsrlb.fleet.balancer_config module; with
     `sync`, the VRRP network's `syncpeer` is the pair's other balancer (bngsync)."""
     networks = _items(networks, "networks", ("id", "addr"))
     servers = _items(servers, "servers", ("id", "vip", "port"))
     served = _targets(servers, target_hosts, hostvars)
-    nets = [_network(net, real) for net in networks]
+    nets = [_network(net, real, real6) for net in networks]
     pair = _vrrp(vrrp, balancer_hosts or (), host, hostvars, {str(net["real"]) for net in nets})
     if sync and pair is not None and pair["peers"]:
         if len(pair["peers"]) > 1:

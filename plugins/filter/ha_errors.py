@@ -93,6 +93,19 @@ def _bgp(bgp: t.Any) -> list[str]:
     return errors
 
 
+def _ipv6_vips(servers: t.Any) -> list[str]:
+    """BIRD's config (templates/bird.conf.j2) has an IPv4 channel only, so an IPv6 VIP would never be
+    announced: the router would send its clients nowhere."""
+    if not isinstance(servers, Sequence) or isinstance(servers, str):
+        return []
+    return [
+        f"dsrlb_servers[{index}].vip: {server['vip']} is IPv6, but HA mode bgp announces IPv4 VIPs only; "
+        "serve it from a VRRP pair (dsrlb_ha: vrrp)"
+        for index, server in enumerate(servers)
+        if isinstance(server, Mapping) and ":" in str(server.get("vip", ""))
+    ]
+
+
 def ha_errors(
     ha: t.Any,
     bgp: t.Any = None,
@@ -100,6 +113,7 @@ def ha_errors(
     host: str | None = None,
     balancer_hosts: Sequence[str] = (),
     hostvars: Mapping[str, t.Any] | None = None,
+    servers: t.Any = (),
 ) -> list[str]:
     """Messages naming the inventory key for a balancer's HA settings; [] when they are sound."""
     if ha not in HA_MODES:
@@ -111,6 +125,7 @@ def ha_errors(
             errors.append(
                 "dsrlb_vrrp: set while dsrlb_ha is bgp; a balancer runs one HA mode (set it to null)"
             )
+        errors += _ipv6_vips(servers)
     others = {}
     for name in balancer_hosts:
         if name == host:

@@ -17,6 +17,7 @@ from dsrlb.vocabulary import MODULES
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "collections"))  # ansible_collections/dsrlb/fleet -> the repository root
 
+from ansible_collections.dsrlb.fleet.plugins.filter.balancer_config import balancer_config  # noqa: E402
 from ansible_collections.dsrlb.fleet.plugins.module_utils import config_render  # noqa: E402
 
 SEED_EXAMPLE = ROOT / "examples/dsr-example.conf"
@@ -104,6 +105,32 @@ FULL = dict(
     ),
 )
 
+
+def role_filter_dual_stack() -> dict:
+    """The balancer role's dual-stack inventory through its filter (IPv6 networks, VIPs and targets), with
+    the module's default dsr on every target."""
+    config = balancer_config(
+        [
+            {"id": 1, "vip": "172.16.1.10", "port": 80, "health": {"type": "ping"}},
+            {"id": 2, "vip": "2001:db8:1::10", "port": 80, "health": {"type": "ping"}},
+        ],
+        networks=[{"id": 1, "addr": "172.16.1.0/24", "addr6": "2001:db8:1::/64", "virt6": "2001:db8:1::fd"}],
+        target_hosts=["web1", "web2"],
+        hostvars={
+            "web1": {"dsrlb_target_address": "172.16.1.100", "dsrlb_target_address6": "2001:db8:1::100"},
+            "web2": {"dsrlb_target_address": "2001:db8:1::101", "dsrlb_target_servers": [2]},
+        },
+        real="172.16.1.252",
+        real6="2001:db8:1::fc",
+    )
+    return dict(
+        interfaces=SEED["interfaces"],
+        networks=config["networks"],
+        servers=config["servers"],
+        targets=[dict(target, dsr=True) for target in config["targets"]],
+    )
+
+
 SPECS = {
     "empty": {},
     "minimal": dict(
@@ -144,6 +171,7 @@ SPECS = {
         ],
         vrrp=dict(vrid=42, priority=200, network=1, peers=["172.16.1.251"]),
     ),
+    "role filter, dual stack": role_filter_dual_stack(),
     "bgp": dict(SEED, bgp={}),
     "bgp with keys": dict(SEED, bgp=dict(device="vips0", socket="/run/bird/other.ctl", grace=0.5)),
     "bgp defaults spelled out": dict(SEED, bgp=dict(device="dsrlb0", socket="/run/bird/bird.ctl", grace=2)),

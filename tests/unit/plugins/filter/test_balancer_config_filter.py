@@ -20,13 +20,14 @@ HOSTVARS = {
 }
 
 
-def config(servers, networks=None, hosts=("web1", "web2"), hostvars=None, real="172.16.1.252"):
+def config(servers, networks=None, hosts=("web1", "web2"), hostvars=None, real="172.16.1.252", real6=None):
     return balancer_config(
         servers,
         networks=networks or NETWORKS,
         target_hosts=list(hosts),
         hostvars=hostvars or HOSTVARS,
         real=real,
+        real6=real6,
     )
 
 
@@ -190,6 +191,91 @@ SERVER = {"id": 1, "vip": "10.0.0.1", "port": 80}
 )
 def test_bad_input_is_an_error_that_names_the_item(kwargs, message):
     args = dict(servers=[SERVER]) | kwargs
+    with pytest.raises(AnsibleFilterError, match=message):
+        config(args.pop("servers"), **args)
+
+
+# --- IPv6 ---------------------------------------------------------------------------------------------
+
+NETWORKS6 = [{"id": 1, "addr": "172.16.1.0/24", "addr6": "2001:db8:1::/64", "virt6": "2001:db8:1::fd"}]
+HOSTVARS6 = {
+    "web1": {"dsrlb_target_address": "172.16.1.100", "dsrlb_target_address6": "2001:db8:1::100"},
+    "web2": {"ansible_host": "2001:db8:1::101"},  # IPv6 only
+}
+SERVER6 = {"id": 2, "vip": "2001:db8:1::10", "port": 80, "health": {"type": "ping"}}
+
+
+def test_addr6_gives_the_network_mask6_real6_and_virt6():
+    result = config([SERVER6], networks=NETWORKS6, hostvars=HOSTVARS6, real6="2001:db8:1::fc")
+    assert result["networks"] == [
+        {
+            "id": 1,
+            "addr": "172.16.1.0/24",
+            "real": "172.16.1.252",
+            "interface": 1,
+            "mask6": 64,
+            "real6": "2001:db8:1::fc",
+            "virt6": "2001:db8:1::fd",
+        }
+    ]
+    own = [dict(NETWORKS6[0], real6="2001:db8:1::fb")]
+    assert config([SERVER6], networks=own, hostvars=HOSTVARS6)["networks"][0]["real6"] == "2001:db8:1::fb"
+
+
+def test_a_network_without_addr6_gets_no_ipv6_keys():
+    result = config([SERVER], real6="2001:db8:1::fc")
+    assert not {"mask6", "real6", "virt6"} & set(result["networks"][0])
+
+
+def test_an_ipv6_server_gets_the_ipv6_address_of_each_target_host():
+    result = config(
+        [SERVER, SERVER6], networks=NETWORKS6, hosts=("web1",), hostvars=HOSTVARS6, real6="2001:db8:1::fc"
+    )
+    assert [(s["id"], s["ipaddr"], s["targets"]) for s in result["servers"]] == [
+        (1, "10.0.0.1", [1]),
+        (2, "2001:db8:1::10", [2]),
+    ]
+    targets = [(t["id"], t["ipaddr"]) for t in result["targets"]]
+    assert targets == [(1, "172.16.1.100"), (2, "2001:db8:1::100")]
+    only6 = config([SERVER6], networks=NETWORKS6, hosts=("web2",), hostvars=HOSTVARS6, real6="2001:db8:1::fc")
+    assert only6["targets"][0]["ipaddr"] == "2001:db8:1::101"  # dsrlb_target_address (ansible_host) is IPv6
+
+
+def test_ipv6_renders_as_the_daemon_reads_it():
+    from ansible_collections.dsrlb.fleet.plugins.module_utils.config_render import render
+
+    text = render(config([SERVER6], networks=NETWORKS6, hostvars=HOSTVARS6, real6="2001:db8:1::fc"))
+    for line in ("mask6 64", "real6 2001:db8:1::fc", "virt6 2001:db8:1::fd", "ipaddr6 2001:db8:1::10"):
+        assert f"\n    {line}\n" in text
+    assert "ipaddr6 2001:db8:1::100\n" in text and "ping6 1,5\n" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(real6=None), "network 1 has addr6 but no real6: give the balancer's own IPv6 address"),
+        (
+            dict(networks=[dict(NETWORKS6[0], addr6="2001:db8:1::/129")]),
+            "network 1: addr6 '2001:db8:1::/129' is not an IPv6 network",
+        ),
+        (
+            dict(hostvars={"web1": {"dsrlb_target_address": "172.16.1.100"}, "web2": HOSTVARS6["web2"]}),
+            r"target host web1: no IPv6 address for the IPv6 virtual server 2 \(2001:db8:1::10\): set its "
+            "dsrlb_target_address6",
+        ),
+        (
+            dict(hostvars=dict(HOSTVARS6, web1={"dsrlb_target_address6": "172.16.1.100"})),
+            "target host web1: dsrlb_target_address6: '172.16.1.100' is not an IPv6 address",
+        ),
+        (
+            dict(servers=[SERVER]),
+            r"target host web2: no IPv4 address for the IPv4 virtual server 1 \(10.0.0.1\): its "
+            "dsrlb_target_address 2001:db8:1::101 is IPv6",
+        ),
+    ],
+)
+def test_bad_ipv6_input_is_an_error_that_names_the_item(kwargs, message):
+    args = dict(servers=[SERVER6], networks=NETWORKS6, hostvars=HOSTVARS6, real6="2001:db8:1::fc") | kwargs
     with pytest.raises(AnsibleFilterError, match=message):
         config(args.pop("servers"), **args)
 

@@ -79,3 +79,12 @@ def test_mixed_modes_in_one_group_are_named_with_the_hosts():
     ]
     same = {name: {"dsrlb_ha": "bgp"} for name in hosts}
     assert ha_errors("bgp", bgp=GOOD, host="lb1", balancer_hosts=hosts, hostvars=same) == []
+
+
+def test_bgp_mode_refuses_ipv6_vips():
+    servers = [{"id": 1, "vip": "172.16.1.10"}, {"id": 2, "vip": "2001:db8:1::10"}]
+    assert ha_errors("bgp", bgp=GOOD, servers=servers) == [
+        "dsrlb_servers[1].vip: 2001:db8:1::10 is IPv6, but HA mode bgp announces IPv4 VIPs only; serve it "
+        "from a VRRP pair (dsrlb_ha: vrrp)"
+    ]
+    assert ha_errors("vrrp", servers=servers) == []
