@@ -148,34 +148,32 @@ def unpack(data: bytes) -> Message:
     return Message(kind, flags, seq, boot, data[HEADER.size :])
 
 
-def decode_sessions(body: bytes) -> list[Session]:
-    out, at = [], 0
+def _records(body: bytes, head: struct.Struct, what: str) -> Iterator[tuple[tuple[int, ...], list[bytes]]]:
+    """(fields after the address length, three addresses) of each record: `head` starts with the length."""
+    at = 0
     while at < len(body):
-        if at + SESSION.size > len(body):
-            raise SyncError("truncated session record")
-        size, proto, port, ttl = SESSION.unpack_from(body, at)
-        at += SESSION.size
+        if at + head.size > len(body):
+            raise SyncError(f"truncated {what} record")
+        size, *fields = head.unpack_from(body, at)
+        at += head.size
         if size not in (4, 16) or at + 3 * size > len(body):
-            raise SyncError("bad session record")
-        vip, client, target = (body[at + i * size : at + (i + 1) * size] for i in range(3))
+            raise SyncError(f"bad {what} record")
+        yield tuple(fields), [body[at + i * size : at + (i + 1) * size] for i in range(3)]
         at += 3 * size
-        out.append(Session(vip, proto, port, client, target, ttl))
-    return out
+
+
+def decode_sessions(body: bytes) -> list[Session]:
+    return [
+        Session(vip, proto, port, client, target, ttl)
+        for (proto, port, ttl), (vip, client, target) in _records(body, SESSION, "session")
+    ]
 
 
 def decode_flows(body: bytes) -> list[Flow]:
-    out, at = [], 0
-    while at < len(body):
-        if at + FLOW.size > len(body):
-            raise SyncError("truncated flow record")
-        size, sport, dport, ttl = FLOW.unpack_from(body, at)
-        at += FLOW.size
-        if size not in (4, 16) or at + 3 * size > len(body):
-            raise SyncError("bad flow record")
-        client, vip, target = (body[at + i * size : at + (i + 1) * size] for i in range(3))
-        at += 3 * size
-        out.append(Flow(client, sport, vip, dport, target, ttl))
-    return out
+    return [
+        Flow(client, sport, vip, dport, target, ttl)
+        for (sport, dport, ttl), (client, vip, target) in _records(body, FLOW, "flow")
+    ]
 
 
 def decode_admin(body: bytes) -> list[Admin]:

@@ -199,3 +199,48 @@ class Lab:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+
+
+class PairLab(Lab):
+    """Two balancers, each with its own config, control socket and log in the work directory, started
+    and stopped by name; `config(name)` is the subclass's."""
+
+    def __init__(self, topo: Topology, workdir: Path, access: str) -> None:
+        super().__init__(topo, workdir)
+        self.daemons: dict[str, subprocess.Popen[str]] = {}
+        self.access = access
+
+    def config(self, name: str) -> str:
+        raise NotImplementedError
+
+    def paths(self, name: str) -> tuple[Path, Path, Path]:
+        return self.workdir / f"{name}.conf", self.workdir / f"{name}.sock", self.workdir / f"{name}.log"
+
+    def start(self, name: str) -> None:
+        conf, sock, log = self.paths(name)
+        conf.write_text(self.config(name))
+        self.daemons[name] = self.run_daemon(name, conf, sock, log)
+
+    def stop(self, name: str) -> None:
+        """A clean stop: with VRRP, the master hands over first."""
+        assert self.topo.stop(self.daemons.pop(name), timeout=10) == 0, self.log_of(name)
+
+    def log_of(self, name: str) -> str:
+        return self.paths(name)[2].read_text()[-3000:]
+
+    def view(self, name: str, what: str) -> Any:
+        res = self.ctl("show", what, "--json", sock=self.paths(name)[1])
+        assert res.returncode == 0, f"{name}: show {what}: {res.stderr}\n{self.log_of(name)}"
+        return json.loads(res.stdout)
+
+    def wait(self, name: str, what: str, ok: Any, timeout: float = 20) -> Any:
+        """`show what` of `name` once `ok(view)` holds (the daemon must stay alive meanwhile)."""
+        end = time.monotonic() + timeout
+        while True:
+            proc = self.daemons.get(name)
+            assert proc is not None and proc.poll() is None, f"{name} died:\n{self.log_of(name)}"
+            found = self.view(name, what) if self.paths(name)[1].exists() else None
+            if found is not None and ok(found):
+                return found
+            assert time.monotonic() < end, f"{name}: show {what} = {found}\n{self.log_of(name)}"
+            time.sleep(0.2)

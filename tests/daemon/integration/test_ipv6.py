@@ -18,11 +18,9 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from dsr_lab import HTTP_CLIENT, PYTHON, SEED, WEBS, Lab
+from dsr_lab import HTTP_CLIENT, PYTHON, SEED, WEBS, PairLab
 from test_sync import LOAD_LOOP
 
 from dsrlb_tools.netns import Topology
@@ -89,12 +87,7 @@ def config(name: str, access: str) -> str:
     )
 
 
-class V6Lab(Lab):
-    def __init__(self, topo: Topology, workdir: Path, access: str) -> None:
-        super().__init__(topo, workdir)
-        self.daemons: dict[str, Any] = {}
-        self.access = access
-
+class V6Lab(PairLab):
     def build(self) -> None:
         t = self.topo
         self.build_edge()
@@ -114,31 +107,11 @@ class V6Lab(Lab):
             t.route(web, "default", "via", "2001:db8:1::254")
         self.macs = {host: t.mac(host) for host in ("router", *REAL, *WEBS)}
 
-    def paths(self, name: str) -> tuple[Path, Path, Path]:
-        return self.workdir / f"{name}.conf", self.workdir / f"{name}.sock", self.workdir / f"{name}.log"
+    def config(self, name: str) -> str:
+        return config(name, self.access)
 
-    def start(self, name: str) -> None:
-        conf, sock, log = self.paths(name)
-        conf.write_text(config(name, self.access))
-        self.daemons[name] = self.run_daemon(name, conf, sock, log)
-
-    def log_of(self, name: str) -> str:
-        return self.paths(name)[2].read_text()[-3000:]
-
-    def view(self, name: str, what: str) -> Any:
-        res = self.ctl("show", what, "--json", sock=self.paths(name)[1])
-        assert res.returncode == 0, f"{name}: show {what}: {res.stderr}\n{self.log_of(name)}"
-        return json.loads(res.stdout)
-
-    def wait_state(self, name: str, state: str, timeout: float = 20) -> None:
-        end = time.monotonic() + timeout
-        while True:
-            proc = self.daemons[name]
-            assert proc.poll() is None, f"{name} died:\n{self.log_of(name)}"
-            if self.paths(name)[1].exists() and self.view(name, "vrrp")["state"] == state:
-                return
-            assert time.monotonic() < end, f"{name} not {state}\n{self.log_of(name)}"
-            time.sleep(0.2)
+    def wait_state(self, name: str, state: str) -> None:
+        self.wait(name, "vrrp", lambda v: v["state"] == state)
 
     def http6(self, sources: list[str]) -> dict[str, str]:
         res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, VIP6, "2", *sources, timeout=60)
@@ -216,7 +189,7 @@ def test_clean_failover_under_ipv6_load_loses_nothing(v6lab: V6Lab) -> None:
     )
     assert load.stdout is not None and load.stdout.readline().strip() == "ready"
     time.sleep(1)
-    assert v6lab.topo.stop(v6lab.daemons.pop("lb1"), timeout=10) == 0
+    v6lab.stop("lb1")
     v6lab.wait_state("lb2", "master")
     time.sleep(1)
     out, err = load.communicate("go\n", timeout=30)

@@ -21,11 +21,10 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from dsr_lab import CLIENT_SOURCES, HTTP_CLIENT, HTTP_SERVER, PYTHON, SEED, WEBS, Lab
+from dsr_lab import CLIENT_SOURCES, HTTP_CLIENT, HTTP_SERVER, PYTHON, SEED, WEBS, PairLab
 
 from dsrlb_tools.netns import Topology
 
@@ -139,12 +138,7 @@ vrrp {{
     )
 
 
-class SyncLab(Lab):
-    def __init__(self, topo: Topology, workdir: Path, access: str) -> None:
-        super().__init__(topo, workdir)
-        self.daemons: dict[str, Any] = {}
-        self.access = access
-
+class SyncLab(PairLab):
     def build(self) -> None:
         self.build_edge()
         for name, real in REALS.items():
@@ -156,35 +150,8 @@ class SyncLab(Lab):
     def start_web(self, name: str) -> None:  # keep-alive, for the long-lived connections
         self.webs[name] = self.topo.popen(name, PYTHON, "-c", HTTP_SERVER, name, "HTTP/1.1")
 
-    def paths(self, name: str) -> tuple[Path, Path, Path]:
-        return self.workdir / f"{name}.conf", self.workdir / f"{name}.sock", self.workdir / f"{name}.log"
-
-    def start(self, name: str) -> None:
-        conf, sock, log = self.paths(name)
-        conf.write_text(config(name, self.access))
-        self.daemons[name] = self.run_daemon(name, conf, sock, log)
-
-    def stop(self, name: str) -> None:
-        assert self.topo.stop(self.daemons.pop(name), timeout=10) == 0, self.log_of(name)
-
-    def log_of(self, name: str) -> str:
-        return self.paths(name)[2].read_text()[-3000:]
-
-    def view(self, name: str, what: str) -> Any:
-        res = self.ctl("show", what, "--json", sock=self.paths(name)[1])
-        assert res.returncode == 0, f"{name}: show {what}: {res.stderr}\n{self.log_of(name)}"
-        return json.loads(res.stdout)
-
-    def wait(self, name: str, what: str, ok: Any, timeout: float = 20) -> Any:
-        end = time.monotonic() + timeout
-        while True:
-            proc = self.daemons.get(name)
-            assert proc is not None and proc.poll() is None, f"{name} died:\n{self.log_of(name)}"
-            found = self.view(name, what) if self.paths(name)[1].exists() else None
-            if found is not None and ok(found):
-                return found
-            assert time.monotonic() < end, f"{name}: show {what} = {found}\n{self.log_of(name)}"
-            time.sleep(0.2)
+    def config(self, name: str) -> str:
+        return config(name, self.access)
 
     def targets(self, vip: str, sources: list[str] = CLIENTS) -> dict[str, str]:
         res = self.topo.run("client", PYTHON, "-c", HTTP_CLIENT, vip, "2", *sources, timeout=60)
