@@ -62,6 +62,7 @@ GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that lear
 SYNC_TICK = 0.1  # seconds between bngsync batches of new and moved sessions
 SYNC_BATCH = 20000  # sessions taken from the forwarder's log per tick at most
 FLOW_SYNC = 1.0  # access nftables: seconds between listings of the kernel's flow map for bngsync
+FLOW_SYNC_SHARE = 10  # ... or this many times what the last listing took, when that is longer
 
 
 class StartupError(Exception):
@@ -829,8 +830,9 @@ class Daemon:
                 self._full_due = now + self._refresh_period()
                 peer.send_sessions(self._wire_sessions(await self._snapshot()), full=True)
             if self.kernel_forwards and self._forwarding and (full or now >= self._flows_due):
-                self._flows_due = now + FLOW_SYNC
                 await self._send_kernel_flows(peer, full)
+                # a big map takes long to list: list it at most a tenth of the time
+                self._flows_due = now + max(FLOW_SYNC, FLOW_SYNC_SHARE * (time.monotonic() - now))
             self._resync = False
             if self._flows_in:
                 flows, self._flows_in = self._flows_in, []

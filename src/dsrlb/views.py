@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from dsrlb.config.model import Config
 from dsrlb.dataplane.forwarder import ServiceState, Stats
-from dsrlb.dataplane.nftables import Ruleset
+from dsrlb.dataplane.nftables import Ruleset, flow_client
 
 
 class Status(Protocol):
@@ -159,12 +159,14 @@ def kernel_flows(
     client: str | None = None,
 ) -> dict[str, Any]:
     """`sessions` for access nftables: the kernel's flow map, one row per flow (client address and port),
-    `idle` taken from its expiry (exact once it saw a second packet)."""
+    `idle` taken from its expiry (exact once it saw a second packet). An IPv6 client is shown and
+    matched by the low 96 bits of its address, all the map keeps."""
     limit = max(0, min(limit, SESSIONS_MAX))
     targets = {(s.vip, s.port, mac): tid for s in rules.services for tid, mac in s.targets}
     timeouts = {(s.vip, s.port): s.timeout for s in rules.services}
     sids = {(str(s.ipaddr), s.port): sid for sid, s in config.servers.items() if s.serving}
-    picked = [f for f in flows if client is None or f[0] == client]
+    want = flow_client(client) if client is not None else None
+    picked = [f for f in flows if want is None or f[0] == want]
     rows = [
         {
             "server": sids.get((vip, port)),

@@ -45,6 +45,7 @@ log = logging.getLogger("dsrlb.nftables")
 Flow = tuple[str, int, str, int, str, int]  # client, its port, VIP, port, target MAC, seconds to expiry
 KEY = "ip saddr . th sport . ip daddr . th dport"  # a flow: what the Python forwarder keys flows by
 KEY6 = "@nh,96,96 . th sport"  # an IPv6 flow of one server: the client's low 96 bits (see above)
+LOW96 = (1 << 96) - 1
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 FLOW_TYPE = "ipv4_addr . inet_service . ipv4_addr . inet_service : ether_addr"
 FLOW_BATCH = 500  # flow map entries per transaction of `add_flows`
@@ -248,6 +249,12 @@ def _service(t: str, s: KernelService, rs: Ruleset) -> list[str]:
     return out + [f"add rule {t} {name} {rule}" for rule in rules]
 
 
+def flow_client(address: str | IPv4Address | IPv6Address) -> str:
+    """A client as the flow maps know it: an IPv6 one by the low 96 bits of its address (KEY6)."""
+    ip = ip_address(address)
+    return str(IPv6Address(int(ip) & LOW96)) if ip.version == 6 else str(ip)
+
+
 def _chunks(items: list[str], n: int) -> list[list[str]]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
@@ -340,7 +347,7 @@ class KernelTable:
                 for key, mac in item.get("map", {}).get("elem", []):
                     elem = key.get("elem", {})
                     low, sport = elem.get("val", key)["concat"]  # nft lists a large number as a string
-                    client = str(IPv6Address(int(low, 0) if isinstance(low, str) else low))
+                    client = flow_client(IPv6Address(int(low, 0) if isinstance(low, str) else low))
                     out.append((client, sport, s.vip, s.port, mac, elem.get("expires", 0)))
         return out
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dsrlb import tables
+from dsrlb import tables, views
 from dsrlb.config.parser import parse_file
 from dsrlb.dataplane.forwarder import ServiceState
-from dsrlb.dataplane.nftables import KEY6, KernelTable, ruleset, transaction
+from dsrlb.dataplane.nftables import KEY6, KernelTable, flow_client, ruleset, transaction
 
 OWN = bytes.fromhex("020000000001")
 MACS = {
@@ -150,6 +150,21 @@ def test_flows_lists_the_ipv4_map_and_each_ipv6_servers_by_the_clients_low_96_bi
         ("::1:1", 40001, "2001:db8::10", 80, mac, 3),
         ("0:0:ab:cd::ff", 40002, "2001:db8::10", 80, mac, 0),
     ]
+
+
+def test_show_sessions_client_finds_an_ipv6_client_by_its_full_address():
+    installed = rules({1: UP, 2: UP}, ipv6=True)
+    mac = "02:00:00:00:00:0a"
+    flows = [
+        ("198.18.0.10", 40000, "172.16.1.10", 80, mac, 7),
+        (flow_client("2001:db8:2::10"), 40001, str(VIP6), 80, mac, 3),
+        (flow_client("2001:db8:2::11"), 40002, str(VIP6), 80, mac, 3),
+    ]
+    config = parse_file(str(SEED))
+    found = views.kernel_flows(flows, config, installed, client="2001:DB8:2::10")
+    assert [(r["client"], r["port"]) for r in found["sessions"]] == [("0:0:2::10", 40001)], found
+    found = views.kernel_flows(flows, config, installed, client="198.18.0.10")
+    assert [(r["client"], r["port"]) for r in found["sessions"]] == [("198.18.0.10", 40000)], found
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nft")
