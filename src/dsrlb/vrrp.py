@@ -50,6 +50,33 @@ class Advert:
     addresses: tuple[IPv4Address | IPv6Address, ...]
 
 
+IF_INET6 = "/proc/net/if_inet6"
+_TENTATIVE, _DADFAILED = 0x40, 0x08  # IFA_F_* flags: duplicate address detection running, or failed
+
+
+def link_local(interface: str, table: str = IF_INET6) -> tuple[IPv6Address | None, bool]:
+    """The IPv6 link-local address of `interface` as the kernel has it (the source of IPv6 adverts,
+    RFC 5798 5.1.2.1), and whether one exists that is still tentative: (None, True) means wait."""
+    waiting = False
+    try:
+        with open(table) as lines:
+            for line in lines:  # ADDRESS IFINDEX PREFIXLEN SCOPE FLAGS NAME, all hexadecimal but the name
+                fields = line.split()
+                if len(fields) != 6 or fields[5] != interface:
+                    continue
+                address = IPv6Address(bytes.fromhex(fields[0]))
+                flags = int(fields[4], 16)
+                if not address.is_link_local or flags & _DADFAILED:
+                    continue
+                if flags & _TENTATIVE:
+                    waiting = True
+                    continue
+                return address, False
+    except OSError:  # no IPv6 in this kernel
+        pass
+    return None, waiting
+
+
 class BadAdvert(ValueError):
     """A frame that is not a valid advert; the message is the drop reason for the counters."""
 

@@ -1,0 +1,120 @@
+"""VRRP version 3 over IPv6 (`family ipv6`, RFC 5798), end to end in both access modes: test_ipv6's pair
+(lb1 master, lb2 backup) with its VRRP running over IPv6, the peers being each other's link-local address.
+
+  - the adverts on the segment are IPv6 to ff02::12 (33:33:00:00:00:12), hop limit 255, next header 112,
+    from the master's link-local address and MAC, listing virt6 and the IPv6 VIP, with a checksum scapy
+    computes the same; no IPv4 VRRP frame is sent;
+  - only the master answers ARP for the IPv4 VIP and virt and neighbour solicitations for the IPv6 ones
+    (the IPv4 addresses follow the IPv6 router's state);
+  - a clean stop of the master under IPv6 load loses no request and the backup becomes master.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from ipaddress import IPv6Address
+
+import pytest
+from dsr_lab import VIP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.layers.vrrp import VRRPv3
+from test_ipv6 import REAL, VIP6, VIRT6, V6Lab, clean_failover_under_ipv6_load, config, start_pair
+from test_nftables import ARP_PROBE
+
+from dsrlb.vrrp import parse
+from dsrlb_tools.netns import Topology
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="integration tests need root: they create network namespaces"
+    ),
+]
+
+PREFIX = "dsrlb-vr6"
+VIRT = "172.16.1.253"
+
+# In the router: every VRRP frame (IPv4 protocol or IPv6 next header 112) on eth0 for argv[1] seconds, as hex.
+CAPTURE = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("eth0", 0))
+frames, end = [], time.monotonic() + float(sys.argv[1])
+while (left := end - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        f = s.recv(2048)
+    except TimeoutError:
+        break
+    if (f[12:14] == b"\\x08\\x00" and f[23] == 112) or (f[12:14] == b"\\x86\\xdd" and f[20] == 112):
+        frames.append(f.hex())
+print(json.dumps(frames))
+"""
+
+
+class Vrrp6Lab(V6Lab):
+    family = "ipv6"
+
+    def link_local(self, name: str) -> str:
+        out = self.topo.run(name, "ip", "-6", "-j", "addr", "show", "dev", "eth0", "scope", "link").stdout
+        found = [a["local"] for i in json.loads(out) for a in i.get("addr_info", []) if "local" in a]
+        assert len(found) == 1, out
+        return found[0]
+
+    def config(self, name: str) -> str:
+        peer = "lb2" if name == "lb1" else "lb1"
+        return config(name, self.access, "ipv6", self.link_local(peer))
+
+
+@pytest.fixture(scope="module", params=["raw", "nftables"])
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vrrp6Lab]:
+    with Topology(PREFIX) as topo:
+        lab = Vrrp6Lab(topo, tmp_path_factory.mktemp("dsrlb-vr6"), request.param)
+        start_pair(lab)
+        yield lab
+
+
+def test_adverts_are_ipv6_from_the_masters_link_local_address(lab: Vrrp6Lab) -> None:
+    frames = [bytes.fromhex(f) for f in json.loads(lab.python("router", CAPTURE, "1.0"))]
+    master_ll = lab.link_local("lb1")
+    assert len(frames) >= 5, frames  # advert 100: about ten a second
+    for frame in frames:
+        pkt = Ether(frame)
+        assert IPv6 in pkt, pkt.summary()  # no IPv4 VRRP frame
+        ip, vrrp = pkt[IPv6], pkt[VRRPv3]
+        assert (pkt.src, pkt.dst) == (lab.macs["lb1"], "33:33:00:00:00:12")
+        assert (ip.src, ip.dst, ip.hlim, ip.nh) == (master_ll, "ff02::12", 255, 112)
+        assert (vrrp.version, vrrp.vrid, vrrp.priority, vrrp.adv) == (3, 62, 200, 10)
+        assert sorted(vrrp.addrlist) == sorted([VIP6, VIRT6])
+        wire = vrrp.chksum
+        del pkt[VRRPv3].chksum  # scapy's own checksum over the IPv6 pseudo-header
+        assert Ether(bytes(pkt))[VRRPv3].chksum == wire
+        assert parse(frame).source == IPv6Address(master_ll)
+    views = {name: lab.view(name, "vrrp") for name in REAL}
+    assert {name: (v["family"], v["state"]) for name, v in views.items()} == {
+        "lb1": ("ipv6", "master"),
+        "lb2": ("ipv6", "backup"),
+    }
+    assert views["lb2"]["master"] == master_ll and views["lb2"]["drops"] == {}, views
+    assert views["lb1"]["addresses"] == views["lb2"]["addresses"] and set(views["lb1"]["addresses"]) == {
+        VIP6,
+        VIRT6,
+    }
+
+
+def test_only_the_master_answers_arp_and_neighbour_solicitations(lab: Vrrp6Lab) -> None:
+    macs = lab.macs
+    for address in (VIP, VIRT):
+        assert json.loads(lab.python("router", ARP_PROBE, address)) == [macs["lb1"]], address
+    assert lab.ndp(VIP6, VIRT6) == {VIP6: [macs["lb1"]], VIRT6: [macs["lb1"]]}
+
+
+def test_clean_failover_under_ipv6_load_loses_nothing(lab: Vrrp6Lab) -> None:
+    outcome = clean_failover_under_ipv6_load(lab)
+    print(f"{lab.access}: failover under IPv6 load: {outcome['ok']} ok, {len(outcome['failed'])} failed")
+    view = lab.view("lb2", "vrrp")
+    assert (view["family"], view["state"]) == ("ipv6", "master")
+    assert json.loads(lab.python("router", ARP_PROBE, VIP)) == [lab.macs["lb2"]]  # IPv4 followed
