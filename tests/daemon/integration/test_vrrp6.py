@@ -6,15 +6,19 @@
     computes the same; no IPv4 VRRP frame is sent;
   - only the master answers ARP for the IPv4 VIP and virt and neighbour solicitations for the IPv6 ones
     (the IPv4 addresses follow the IPv6 router's state);
-  - a clean stop of the master under IPv6 load loses no request and the backup becomes master.
+  - a clean stop of the master under IPv6 load loses no request and the backup becomes master;
+  - a master killed with SIGKILL resigns by IPv6 (its sentinel sends the priority-0 IPv6 advert left in
+    its resignation file), and a reload that changes `family` starts an IPv4 virtual router.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from ipaddress import IPv6Address
+from pathlib import Path
 
 import pytest
 from dsr_lab import VIP
@@ -57,6 +61,12 @@ print(json.dumps(frames))
 
 class Vrrp6Lab(V6Lab):
     family = "ipv6"
+
+    def paths(self, name: str) -> tuple[Path, Path, Path]:
+        """A directory per balancer, as on real hosts: the resignation file lives next to the control
+        socket (resign.path_for), and one shared by both would be removed by the other's clean stop."""
+        (self.workdir / name).mkdir(exist_ok=True)
+        return tuple(self.workdir / name / f"{name}.{ext}" for ext in ("conf", "sock", "log"))  # type: ignore[return-value]
 
     def link_local(self, name: str) -> str:
         out = self.topo.run(name, "ip", "-6", "-j", "addr", "show", "dev", "eth0", "scope", "link").stdout
@@ -118,3 +128,30 @@ def test_clean_failover_under_ipv6_load_loses_nothing(lab: Vrrp6Lab) -> None:
     view = lab.view("lb2", "vrrp")
     assert (view["family"], view["state"]) == ("ipv6", "master")
     assert json.loads(lab.python("router", ARP_PROBE, VIP)) == [lab.macs["lb2"]]  # IPv4 followed
+
+
+def test_a_killed_master_resigns_over_ipv6_and_a_reload_changes_the_family(lab: Vrrp6Lab) -> None:
+    """After the clean stop lb2 is master: lb1 comes back as backup (preempt off), lb2 is killed."""
+    lab.start("lb1")
+    lab.wait_state("lb1", "backup")
+    capture = lab.python_bg("router", CAPTURE, "2.0")
+    time.sleep(0.5)  # the capture listens
+    lab.daemons["lb2"].kill()  # SIGKILL: no clean stop, the sentinel resigns for it
+    lab.daemons["lb2"].wait(5)
+    del lab.daemons["lb2"]
+    lab.wait("lb1", "vrrp", lambda v: v["state"] == "master", timeout=5)
+    out, err = capture.communicate(timeout=10)
+    frames = [Ether(bytes.fromhex(f)) for f in json.loads(out)]
+    resignations = [f for f in frames if IPv6 in f and f[VRRPv3].priority == 0]
+    assert resignations and {f[IPv6].src for f in resignations} == {lab.link_local("lb2")}, frames
+    assert all(IPv6 in f for f in frames)
+    # family ipv4 by reload: a new router, adverts from lb1's real to 224.0.0.18
+    conf, sock, _ = lab.paths("lb1")
+    conf.write_text(config("lb1", lab.access))
+    res = lab.ctl("reload", sock=sock)
+    assert res.returncode == 0, res.stdout + res.stderr
+    view = lab.wait("lb1", "vrrp", lambda v: v["family"] == "ipv4" and v["state"] == "master", timeout=5)
+    assert view["source"] == REAL["lb1"] and VIP in view["addresses"] and VIP6 not in view["addresses"]
+    frames = [Ether(bytes.fromhex(f)) for f in json.loads(lab.python("router", CAPTURE, "0.5"))]
+    assert frames and all(f.type == 0x0800 and f.src == lab.macs["lb1"] for f in frames), frames
+    assert lab.ndp(VIP6) == {VIP6: [lab.macs["lb1"]]}  # IPv6 now follows the IPv4 router

@@ -144,3 +144,49 @@ def test_ipv6_pair_elects_by_priority_then_by_link_local_address() -> None:
         return (*first, low.state, str(low.master))
 
     assert run(scenario()) == (MASTER, BACKUP, MASTER, "fe80::1")
+
+
+def test_failover_posts_ipv6_adverts_by_their_source_and_a_new_family_makes_a_new_router() -> None:
+    from test_vrrp import _Host
+
+    from dsrlb import failover
+
+    async def scenario() -> None:
+        fo = failover.Failover(_Host())
+        fo.keep_resignation = lambda: None  # type: ignore[method-assign]
+        v6 = Vrrp(vrid=62, priority=200, network=1, version=3, family="ipv6", peers=(LL2,))
+        fo.configure(v6, LL1, ADDRS6)
+        router = fo.router
+        assert router is not None
+        fo.post(scapy_advert(src="fe80::3"))  # a stranger: dropped on the packet thread
+        fo.post(scapy_advert(src="fe80::2"))
+        await asyncio.sleep(0)
+        assert router.counters.drops == {"not_a_peer": 1} and router.counters.received == 1
+        assert router.view()["family"] == "ipv6" and router.master is None  # INIT: receives only
+        fo.configure(v6, LL1, ADDRS6[:1])  # same family and source: updated in place
+        assert fo.router is router and router.addresses == (ADDRS6[0],)
+        v4 = Vrrp(vrid=62, priority=200, network=1, version=3, peers=(IPv4Address("172.16.1.251"),))
+        fo.configure(v4, IPv4Address("172.16.1.252"), [IPv4Address("172.16.1.10")])
+        assert fo.router is not router and fo.router is not None and fo.router.view()["family"] == "ipv4"
+        assert router.state == "init"
+
+    run(scenario())
+
+
+def test_link_local_is_read_from_the_kernel_table_once_it_is_not_tentative(tmp_path) -> None:
+    from dsrlb.vrrp import link_local
+
+    table = tmp_path / "if_inet6"
+    lines = [
+        "20010db8000100000000000000000252 02 40 00 80     eth0",  # global: not a link-local address
+        "fe80000000000000505400fffe000001 02 40 20 c0     eth0",  # tentative (0x40)
+        "fe80000000000000505400fffe000009 03 40 20 80     eth1",
+    ]
+    table.write_text("\n".join(lines) + "\n")
+    assert link_local("eth0", str(table)) == (None, True)
+    table.write_text("\n".join([lines[0], lines[1].replace(" c0 ", " 80 "), lines[2]]) + "\n")
+    assert link_local("eth0", str(table)) == (IPv6Address("fe80::5054:ff:fe00:1"), False)
+    assert link_local("eth2", str(table)) == (None, False)
+    table.write_text(lines[1].replace(" c0 ", " 88 ") + "\n")  # duplicate address detection failed
+    assert link_local("eth0", str(table)) == (None, False)
+    assert link_local("eth0", str(tmp_path / "none")) == (None, False)  # no IPv6
