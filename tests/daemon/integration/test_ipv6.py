@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 from dsr_lab import HTTP_CLIENT, PYTHON, SEED, WEBS, PairLab
@@ -139,24 +140,30 @@ class V6Lab(PairLab):
         return [(f[1], f[3].rstrip(",")) for f in fields]
 
 
+LabT = TypeVar("LabT", bound=V6Lab)
+
+
 @pytest.fixture(scope="module", params=["raw", "nftables"])
 def v6lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[V6Lab]:
-    with Topology(PREFIX) as topo:
-        lab = V6Lab(topo, tmp_path_factory.mktemp("dsrlb-v6"), request.param)
-        start_pair(lab)
+    yield from running_pair(V6Lab, PREFIX, request.param, tmp_path_factory)
+
+
+def running_pair(
+    kind: type[LabT], prefix: str, access: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabT]:
+    """A lab of `kind` in namespaces named `prefix`-…: lb1 started (master), then lb2 (backup), the targets
+    up; torn down when the generator ends."""
+    with Topology(prefix) as topo:
+        lab = kind(topo, tmp_path_factory.mktemp(prefix), access)
+        lab.build()
+        lab.start("lb1")
+        lab.wait_state("lb1", "master")
+        lab.start("lb2")
+        lab.wait_state("lb2", "backup")
+        lab.daemon = lab.daemons["lb1"]
+        lab.sock, lab.log = lab.paths("lb1")[1:]
+        lab.wait_targets({3: "up", 4: "up"}, timeout=20)
         yield lab
-
-
-def start_pair(lab: V6Lab) -> None:
-    """Build the lab, start lb1 (master) then lb2 (backup), wait for the targets."""
-    lab.build()
-    lab.start("lb1")
-    lab.wait_state("lb1", "master")
-    lab.start("lb2")
-    lab.wait_state("lb2", "backup")
-    lab.daemon = lab.daemons["lb1"]
-    lab.sock, lab.log = lab.paths("lb1")[1:]
-    lab.wait_targets({3: "up", 4: "up"}, timeout=20)
 
 
 def test_ipv6_clients_reach_both_targets_and_replies_bypass_the_balancers(v6lab: V6Lab) -> None:

@@ -25,11 +25,10 @@ from dsr_lab import VIP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vrrp import VRRPv3
-from test_ipv6 import REAL, VIP6, VIRT6, V6Lab, clean_failover_under_ipv6_load, config, start_pair
+from test_ipv6 import REAL, VIP6, VIRT6, V6Lab, clean_failover_under_ipv6_load, config, running_pair
 from test_nftables import ARP_PROBE
 
 from dsrlb.vrrp import parse
-from dsrlb_tools.netns import Topology
 
 pytestmark = [
     pytest.mark.root,
@@ -81,10 +80,7 @@ class Vrrp6Lab(V6Lab):
 
 @pytest.fixture(scope="module", params=["raw", "nftables"])
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vrrp6Lab]:
-    with Topology(PREFIX) as topo:
-        lab = Vrrp6Lab(topo, tmp_path_factory.mktemp("dsrlb-vr6"), request.param)
-        start_pair(lab)
-        yield lab
+    yield from running_pair(Vrrp6Lab, PREFIX, request.param, tmp_path_factory)
 
 
 def test_adverts_are_ipv6_from_the_masters_link_local_address(lab: Vrrp6Lab) -> None:
