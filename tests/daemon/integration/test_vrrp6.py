@@ -8,13 +8,17 @@
     (the IPv4 addresses follow the IPv6 router's state);
   - a clean stop of the master under IPv6 load loses no request and the backup becomes master;
   - a master killed with SIGKILL resigns by IPv6 (its sentinel sends the priority-0 IPv6 advert left in
-    its resignation file), and a reload that changes `family` starts an IPv4 virtual router.
+    its resignation file), and a reload that changes `family` starts an IPv4 virtual router;
+  - interop (raw only): keepalived's IPv6 VRRPv3 instance and dsrlb elect by priority both ways, each
+    hearing the other's adverts without complaint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from ipaddress import IPv6Address
@@ -29,6 +33,7 @@ from test_ipv6 import REAL, VIP6, VIRT6, V6Lab, clean_failover_under_ipv6_load, 
 from test_nftables import ARP_PROBE
 
 from dsrlb.vrrp import parse
+from dsrlb_tools.netns import Topology
 
 pytestmark = [
     pytest.mark.root,
@@ -151,3 +156,74 @@ def test_a_killed_master_resigns_over_ipv6_and_a_reload_changes_the_family(lab: 
     frames = [Ether(bytes.fromhex(f)) for f in json.loads(lab.python("router", CAPTURE, "0.5"))]
     assert frames and all(f.type == 0x0800 and f.src == lab.macs["lb1"] for f in frames), frames
     assert lab.ndp(VIP6) == {VIP6: [lab.macs["lb1"]]}  # IPv6 now follows the IPv4 router
+
+
+# --- interop: keepalived's IPv6 VRRPv3 instance as the other member of the virtual router -------------------
+KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
+
+
+def keepalived_config(priority: int) -> str:
+    """An IPv6 instance (its addresses are IPv6) of lb2 on vrid 62 with test_ipv6's IPv6 addresses."""
+    return f"""global_defs {{
+  router_id lb2
+  vrrp_version 3
+}}
+vrrp_instance v6 {{
+  state BACKUP
+  interface eth0
+  virtual_router_id 62
+  priority {priority}
+  advert_int 0.1
+  virtual_ipaddress {{
+    {VIP6}/64
+    {VIRT6}/64
+  }}
+}}
+"""
+
+
+class KeepalivedLab(Vrrp6Lab):
+    """lb1 runs dsrlb, lb2 keepalived."""
+
+    def start_keepalived(self, priority: int) -> subprocess.Popen[str]:
+        work = self.workdir / "lb2"
+        work.mkdir(exist_ok=True)
+        (work / "keepalived.conf").write_text(keepalived_config(priority))
+        args = ["-n", "-l", "-D", "-P", "-f", str(work / "keepalived.conf")]
+        args += ["-p", str(work / "keepalived.pid"), "-r", str(work / "vrrp.pid")]
+        log = (work / f"keepalived-{priority}.log").open("w")
+        return self.topo.popen("lb2", KEEPALIVED, *args, stdout=log, stderr=subprocess.STDOUT)
+
+    def keepalived_holds(self) -> bool:
+        out = self.topo.run("lb2", "ip", "-6", "-j", "addr", "show", "dev", "eth0").stdout
+        return VIP6 in {a.get("local") for i in json.loads(out) for a in i.get("addr_info", [])}
+
+
+@pytest.mark.skipif(not os.path.exists(KEEPALIVED), reason="keepalived is not installed")
+def test_keepalived_ipv6_instance_and_dsrlb_elect_by_priority_both_ways(tmp_path: Path) -> None:
+    with Topology(PREFIX + "k") as topo:
+        lab = KeepalivedLab(topo, tmp_path, "raw")
+        lab.build()
+        lab.start("lb1")  # priority 200, preempt off (test_ipv6's config)
+        lab.wait("lb1", "vrrp", lambda v: v["state"] == "master")
+        keepalived = lab.start_keepalived(100)  # below dsrlb's 200
+        time.sleep(1.5)  # keepalived hears dsrlb's adverts and stays backup
+        assert not lab.keepalived_holds(), lab.log_of("lb1")
+        assert lab.ndp(VIP6) == {VIP6: [lab.macs["lb1"]]}
+        lab.topo.stop(keepalived)
+        said = (tmp_path / "lb2" / "keepalived-100.log").read_text()
+        assert "Entering BACKUP STATE" in said and "MASTER" not in said, said  # no complaint either:
+        assert not any(word in said.lower() for word in ("invalid", "checksum", "error")), said
+        keepalived = lab.start_keepalived(250)  # above dsrlb's: keepalived preempts
+        view = lab.wait("lb1", "vrrp", lambda v: v["state"] == "backup", timeout=15)
+        assert view["master"] == lab.link_local("lb2"), view
+        deadline = time.monotonic() + 5
+        while not lab.keepalived_holds() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lab.keepalived_holds()
+        time.sleep(1)
+        view = lab.view("lb1", "vrrp")
+        assert view["state"] == "backup" and view["adverts_received"] > 5 and not view["drops"], view
+        assert json.loads(lab.python("router", ARP_PROBE, VIP)) == []  # dsrlb backup: nobody has the IPv4 VIP
+        lab.topo.stop(keepalived)  # keepalived leaves (priority 0): dsrlb takes over
+        lab.wait("lb1", "vrrp", lambda v: v["state"] == "master", timeout=5)
