@@ -859,12 +859,17 @@ class _Parser:
         """Peers are other balancers: not this one's real address nor the shared virt. Without peers any
         host on the segment can take over with a forged advert: a warning."""
         if "peers" not in vrrp.keys:
+            example = (
+                "their link-local addresses, e.g. 'peers fe80::5054:ff:fe00:2'"
+                if vrrp.values.get("family") == "ipv6"
+                else "e.g. 'peers 172.16.1.251'"
+            )
             self.warnings.append(
                 (
                     vrrp.head.line,
                     vrrp.head.col,
                     "warning: vrrp has no 'peers': any host on the segment can take over the shared "
-                    "addresses with a forged advert; list the other balancers, e.g. 'peers 172.16.1.251'",
+                    f"addresses with a forged advert; list the other balancers, {example}",
                 )
             )
             return

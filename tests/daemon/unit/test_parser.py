@@ -1043,6 +1043,10 @@ def test_vrrp_family_ipv6_is_read_and_rendered_and_ipv4_writes_nothing():
     text = render(config)
     assert text.endswith("    network 1\n    family ipv6\n    peers fe80::2,fe80::1:2\n}\n")
     assert same(parse_text(text), config)
+    lone = parse_text(vrrp6("family ipv6"))
+    assert lone.warnings[0].endswith(
+        "list the other balancers, their link-local addresses, e.g. 'peers fe80::5054:ff:fe00:2'"
+    )
     default = parse_text(vrrp6("family ipv4", "peers 172.16.1.251"))
     assert default.vrrp is not None and default.vrrp.family == "ipv4"
     assert "family" not in render(default)
