@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.parsing.convert_bool import boolean
+from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import VRRP_FAMILIES
 
 # Health check type -> its parameters with their defaults, in the order of the config statement's
 # arguments; a port of None means the virtual server's port.
@@ -190,33 +191,74 @@ def _peer_address(host: str, hv: Mapping[str, t.Any], network: t.Any) -> str:
     return str(hv["dsrlb_real"])
 
 
+def _link_local(host: str, hv: Mapping[str, t.Any]) -> str:
+    """A balancer's IPv6 link-local address on the data interface, the source of its adverts with VRRP
+    family ipv6: its dsrlb_vrrp_link_local, else from its gathered facts."""
+    given = hv.get("dsrlb_vrrp_link_local")
+    if not given:
+        facts = hv.get("ansible_facts") or {}
+        interface = hv.get("dsrlb_interface") or (facts.get("default_ipv4") or {}).get("interface")
+        found = [
+            a.get("address")
+            for a in ((facts.get(str(interface).replace("-", "_")) or {}).get("ipv6") or ())
+            if isinstance(a, Mapping) and a.get("scope") == "link"
+        ]
+        given = found[0] if len(found) == 1 else None
+    try:
+        address = ipaddress.IPv6Address(str(given).split("%")[0]) if given else None
+    except ValueError:
+        address = None
+    if address is None or not address.is_link_local:
+        raise AnsibleFilterError(
+            f"balancer host {host}: VRRP family ipv6 needs its IPv6 link-local address on the data interface "
+            f"(the source of its adverts, what the other balancers list in peers): got {given!r}; set "
+            "dsrlb_vrrp_link_local (`ip -6 addr show dev IFACE scope link`), gather its facts, or give "
+            "dsrlb_vrrp.peers"
+        )
+    return str(address)
+
+
 def _vrrp(
     vrrp: t.Any,
     balancer_hosts: Sequence[str],
     host: str | None,
     hostvars: Mapping[str, t.Any],
     own: set[str],
-) -> dict[str, t.Any] | None:
+) -> tuple[dict[str, t.Any] | None, list[str]]:
     """The vrrp option with `peers`: the own addresses of the other hosts of the balancer group whose
-    dsrlb_vrrp has the same vrid, unless dsrlb_vrrp gives peers itself."""
+    dsrlb_vrrp has the same vrid (with family ipv6 their link-local addresses), unless dsrlb_vrrp gives
+    peers itself; and those hosts' own (IPv4) addresses, the candidates for bngsync's syncpeer."""
     if vrrp is None:
-        return None
+        return None, []
     if not isinstance(vrrp, Mapping) or "vrid" not in vrrp:
         raise AnsibleFilterError(f"vrrp: a dictionary with vrid is needed, got {vrrp!r}")
-    if "peers" in vrrp:
-        return dict(vrrp)
+    family = vrrp.get("family", VRRP_FAMILIES[0])
+    if family not in VRRP_FAMILIES:
+        raise AnsibleFilterError(
+            f"vrrp.family: {family!r} is not one of {', '.join(VRRP_FAMILIES)} (what VRRP runs over)"
+        )
+    if "peers" in vrrp and family == VRRP_FAMILIES[0]:
+        return dict(vrrp), [str(p) for p in vrrp["peers"] or ()]
     peers: set[str] = set()
+    links: set[str] = set()
     for other in balancer_hosts:
         hv = hostvars[other]
         theirs = hv.get("dsrlb_vrrp")
         if other == host or not isinstance(theirs, Mapping) or str(theirs.get("vrid")) != str(vrrp["vrid"]):
             continue
         peers.add(_peer_address(other, hv, theirs.get("network", vrrp.get("network"))))
+        if family == "ipv6" and "peers" not in vrrp:
+            links.add(_link_local(other, hv))
     clash = sorted(peers & own)
     if clash:
         message = f"vrrp: another balancer of vrid {vrrp['vrid']} has this one's address {', '.join(clash)}"
         raise AnsibleFilterError(message)
-    return dict(vrrp, peers=sorted(peers, key=_address_key))
+    reals = sorted(peers, key=_address_key)
+    if "peers" in vrrp:
+        return dict(vrrp), reals
+    if family == "ipv6":
+        return dict(vrrp, peers=sorted(links, key=lambda a: int(ipaddress.IPv6Address(a)))), reals
+    return dict(vrrp, peers=reals), reals
 
 
 def _address_key(address: str) -> tuple[int, ...]:
@@ -244,17 +286,17 @@ def balancer_config(
     servers = _items(servers, "servers", ("id", "vip", "port"))
     served = _targets(servers, target_hosts, hostvars)
     nets = [_network(net, real, real6) for net in networks]
-    pair = _vrrp(vrrp, balancer_hosts or (), host, hostvars, {str(net["real"]) for net in nets})
-    if sync and pair is not None and pair["peers"]:
-        if len(pair["peers"]) > 1:
+    pair, others = _vrrp(vrrp, balancer_hosts or (), host, hostvars, {str(net["real"]) for net in nets})
+    if sync and pair is not None and others:
+        if len(others) > 1:
             raise AnsibleFilterError(
                 f"dsrlb_sync: bngsync pairs one master with one backup, but vrid {pair['vrid']} has "
-                f"{len(pair['peers']) + 1} balancers (peers {', '.join(pair['peers'])}): set dsrlb_sync: "
+                f"{len(others) + 1} balancers (peers {', '.join(others)}): set dsrlb_sync: "
                 "false, or make the virtual router a pair"
             )
         for net in nets:
             if str(net["id"]) == str(pair.get("network")):
-                net["syncpeer"] = pair["peers"][0]
+                net["syncpeer"] = others[0]
     return {
         "networks": nets,
         "servers": [_server(server, targets) for server, targets in zip(servers, served, strict=True)],

@@ -25,6 +25,7 @@ from ansible_collections.dsrlb.fleet.plugins.module_utils.vocabulary import (
     MODULES,
     PROTOCOLS,
     SETTINGS,
+    VRRP_FAMILIES,
 )
 
 # A leading comment: the daemon keeps the comment lines above the first statement in canonical text.
@@ -32,7 +33,7 @@ HEADER = "// managed by Ansible (dsrlb.fleet.balancer_config): local changes wil
 _WORD = re.compile(r"^[A-Za-z0-9_.:/@%+=-]+$")
 _BARE = re.compile(r'[^\s{}"]+')  # what the daemon writes without quotes
 _IDLIST = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
-_CHOICES = {"access": ACCESS, "protocol": tuple(PROTOCOLS), "method": METHODS}
+_CHOICES = {"access": ACCESS, "protocol": tuple(PROTOCOLS), "method": METHODS, "family": VRRP_FAMILIES}
 _CHECK_FIELDS = {
     "tcpopen": ("PORT", "INTERVAL", "TIMEOUT"),
     "ping": ("INTERVAL", "TIMEOUT"),
@@ -95,6 +96,7 @@ VRRP_KEYS = (
     ("advert", "int"),
     ("preempt", "onoff"),
     ("version", "int"),
+    ("family", "choice"),
     ("peers", "iplist"),
 )
 # HA mode bgp (dsrlb extension): the daemon's TUN device, BIRD's control socket, grace seconds.
@@ -205,7 +207,8 @@ def _ip(value: t.Any, where: str) -> str:
 
 
 def _iplist(value: t.Any, where: str) -> str | None:
-    """IPv4 addresses from a list or an `A,B` string, sorted as the daemon writes them; empty: no line."""
+    """IP addresses from a list or an `A,B` string, sorted as the daemon writes them (IPv4 first: with
+    VRRP family ipv6 the peers are IPv6 link-local addresses); empty: no line."""
     parts = (
         value
         if isinstance(value, (list, tuple))
@@ -214,12 +217,13 @@ def _iplist(value: t.Any, where: str) -> str | None:
     addresses = []
     for part in parts:
         try:
-            addresses.append(ipaddress.IPv4Address(str(part).strip()))
+            addresses.append(ipaddress.ip_address(str(part).strip()))
         except ValueError:
-            raise RenderError(f"{where}: {part!r} is not an IPv4 address") from None
+            raise RenderError(f"{where}: {part!r} is not an IP address") from None
     if len(set(addresses)) != len(addresses):
         raise RenderError(f"{where}: an address is listed twice in {value!r}")
-    return ",".join(str(address) for address in sorted(addresses)) or None
+    ordered = sorted(addresses, key=lambda a: (a.version, int(a)))
+    return ",".join(str(address) for address in ordered) or None
 
 
 def _mask(value: t.Any, where: str) -> str:

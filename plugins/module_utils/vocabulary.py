@@ -10,6 +10,7 @@ METHODS = ("maglev", "rr", "random", "hash", "leastsessions", "first")
 STATELESS_METHODS = ("maglev", "hash", "first")
 PROTOCOLS = {"tcp": 6, "udp": 17}
 ACCESS = ("raw", "nftables")
+VRRP_FAMILIES = ("ipv4", "ipv6")
 CHECK_MODULES = {"tcpopen": "hc", "ping": "ping", "http": "hc"}
 HEALTH_CHECKS = ("tcpopen", "ping", "http")
 DEFAULT_CONTROL = "/run/dsrlb/control.sock"
@@ -38,7 +39,7 @@ DEFAULTS = {
     "network": {"name": ""},
     "server": {"method": "maglev", "session": 600.0},
     "target": {"weight": 1},
-    "vrrp": {"advert": 1000, "preempt": True, "version": 3},
+    "vrrp": {"advert": 1000, "preempt": True, "version": 3, "family": "ipv4"},
     "bgp": {"device": "dsrlb0", "socket": "/run/bird/bird.ctl", "grace": 2.0},
 }
 SETTINGS = (

@@ -25,7 +25,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from dsrlb import __version__, bgp, control, metrics, release, sync, systemd, tables, views
-from dsrlb.config.model import Config, Interface, Network
+from dsrlb.config.model import Config, Interface, Network, Vrrp
 from dsrlb.config.parser import ConfigError, parse_file
 from dsrlb.dataplane import bpf
 from dsrlb.dataplane.forwarder import Forwarder, ServiceState
@@ -45,7 +45,7 @@ from dsrlb.failover import Failover
 from dsrlb.health import HealthMonitor
 from dsrlb.selection import Selector
 from dsrlb.vocabulary import PROTOCOLS
-from dsrlb.vrrp import GROUP_MAC
+from dsrlb.vrrp import GROUP6_MAC, GROUP_MAC, link_local
 from dsrlb.vrrp import build as build_advert
 
 log = logging.getLogger("dsrlb")
@@ -57,6 +57,7 @@ GARP_BURST = (0.05, 0.1, 0.2, 3.0)  # gratuitous ARP after the first: a burst, t
 # interpreter's defaults held the packet thread for 230 ms in a full collection, 27 ms at most with these
 # (measured on an in-memory ring). Flows and sessions form no cycles, so little is left for full ones.
 GC_THRESHOLDS = (10000, 10, 1000)
+LINK_LOCAL_WAIT = 10.0  # seconds VRRP over IPv6 waits at start for the link-local address to pass DAD
 KERNEL_POLL = 0.5  # seconds between reads of the kernel's counters (and checks that our table is there)
 GARP_REFRESH = 10.0  # and from then on every so often, so a neighbour that learned a wrong MAC recovers
 SYNC_TICK = 0.1  # seconds between bngsync batches of new and moved sessions
@@ -102,9 +103,11 @@ class Plan:
     kernel_forwards: bool  # access nftables: the kernel forwards the virtual servers' traffic
 
 
-def _ipv4(addresses: list[IPv4Address | IPv6Address]) -> list[IPv4Address]:
-    """The IPv4 ones: what an IPv4 VRRP advert lists. The IPv6 addresses move with the same state."""
-    return [a for a in addresses if isinstance(a, IPv4Address)]
+def _protected(vrrp: Vrrp, addresses: list[IPv4Address | IPv6Address]) -> list[IPv4Address | IPv6Address]:
+    """What an advert lists: the addresses of the family VRRP runs over. Those of the other family move
+    with the same state (keepalived's `virtual_ipaddress_excluded`)."""
+    version = 6 if vrrp.family == "ipv6" else 4
+    return [a for a in addresses if a.version == version]
 
 
 def data_plane_of(config: Config) -> tuple[Interface, Network]:
@@ -203,6 +206,7 @@ class Daemon:
             self.ring.close()
             print(f"dsrlb: {why}", file=sys.stderr)
             return 1
+        await self._wait_link_local(self.config)
         try:
             plan = self._prepare(self.config, self.network)
         except StartupError as err:
@@ -223,6 +227,7 @@ class Daemon:
         self.forwarder.on_reopen = lambda: loop.call_soon_threadsafe(self._link_back)
         self.forwarder.on_failure = lambda: loop.call_soon_threadsafe(self._fail, "the packet loop died")
         self.ring.join(GROUP_MAC)
+        self.ring.join(GROUP6_MAC)  # ff02::12, VRRP over IPv6
         self.stopping = asyncio.Event()
         self._apply(self.config, plan)
         gc.freeze()  # what start-up built lives as long as the process: no collection scans it again
@@ -400,8 +405,10 @@ class Daemon:
             check_filter(program)
             if config.vrrp is not None:
                 v = config.vrrp
-                source = config.networks[v.network].real
-                build_advert(v.version, v.vrid, v.priority, v.advert_ms, source, _ipv4(addresses), self.mac)
+                source = self._vrrp_source(config)
+                build_advert(
+                    v.version, v.vrid, v.priority, v.advert_ms, source, _protected(v, addresses), self.mac
+                )
             serving = tables.serving_targets(config)
             built = tables.build(
                 config,
@@ -418,6 +425,36 @@ class Daemon:
         except Exception as err:  # whatever fails here would have failed halfway through _apply
             raise StartupError(f"{config.source}: this daemon cannot run it: {err}") from err
         return Plan(network, addresses, program, kernel_forwards)
+
+    def _vrrp_source(self, config: Config) -> IPv4Address | IPv6Address:
+        """Where our adverts come from: `real` of the VRRP network, or with family ipv6 the interface's
+        link-local address (RFC 5798 5.1.2.1), read from the kernel."""
+        assert config.vrrp is not None
+        if config.vrrp.family != "ipv6":
+            return config.networks[config.vrrp.network].real
+        address, tentative = link_local(self.interface.name)
+        if address is None:
+            raise StartupError(
+                f"{config.source}: VRRP family ipv6 needs the IPv6 link-local address of "
+                f"{self.interface.name}, which "
+                + (
+                    "is still tentative (duplicate address detection)"
+                    if tentative
+                    else "has none (IPv6 off?)"
+                )
+            )
+        return address
+
+    async def _wait_link_local(self, config: Config) -> None:
+        """VRRP over IPv6 at start: wait (a while) until the interface's link-local address has passed
+        duplicate address detection; an advert may not come from a tentative address."""
+        if config.vrrp is None or config.vrrp.family != "ipv6":
+            return
+        end = time.monotonic() + LINK_LOCAL_WAIT
+        while time.monotonic() < end:
+            if link_local(self.interface.name)[0] is not None:
+                return
+            await asyncio.sleep(0.1)
 
     def _apply(self, config: Config, plan: Plan) -> None:
         """Adopt a config `_prepare` accepted: start/stop health monitors, keep runtime state, rebuild."""
@@ -452,8 +489,11 @@ class Daemon:
         for sid, server in config.servers.items():
             if server.serving:
                 self.states.setdefault(sid, ServiceState())
-        source = config.networks[config.vrrp.network].real if config.vrrp else self.network.real
-        self.failover.configure(config.vrrp, source, _ipv4(plan.addresses))  # IPv6 ones follow its state
+        if config.vrrp is None:
+            self.failover.configure(None, self.network.real, [])
+        else:  # the addresses of the other family follow its state
+            source = self._vrrp_source(config)
+            self.failover.configure(config.vrrp, source, _protected(config.vrrp, plan.addresses))
         self._configure_sync(config)
         self.addresses = plan.addresses
         for addr in plan.addresses:  # NICs filter multicast: solicitations for our IPv6 addresses go to these

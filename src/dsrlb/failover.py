@@ -15,7 +15,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Protocol
 
 from dsrlb import resign
@@ -58,8 +58,14 @@ class Failover:
         self._tokens = float(INBOX)
         self._refilled = time.monotonic()
 
-    def configure(self, wanted: Vrrp | None, source: IPv4Address, addresses: Sequence[IPv4Address]) -> None:
-        """Create the VRRP router on first load; later loads update it in place where they can."""
+    def configure(
+        self,
+        wanted: Vrrp | None,
+        source: IPv4Address | IPv6Address,
+        addresses: Sequence[IPv4Address | IPv6Address],
+    ) -> None:
+        """Create the VRRP router on first load; later loads update it in place where they can (not a
+        new vrid, version, family or source: those make a new router)."""
         self._loop = asyncio.get_running_loop()
         router = self.router
         if wanted is None:
@@ -68,11 +74,12 @@ class Failover:
                 self.router = None
             self.answering = self.forwarding = True
             return
-        if router is not None and (router.config.vrid, router.config.version, router.source) == (
-            wanted.vrid,
-            wanted.version,
-            source,
-        ):
+        if router is not None and (
+            router.config.vrid,
+            router.config.version,
+            router.config.family,
+            router.source,
+        ) == (wanted.vrid, wanted.version, wanted.family, source):
             router.reconfigure(wanted, addresses)
             self.keep_resignation()
             return

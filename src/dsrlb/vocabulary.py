@@ -14,6 +14,7 @@ METHODS = ("maglev", "rr", "random", "hash", "leastsessions", "first")  # the fi
 STATELESS_METHODS = ("maglev", "hash", "first")  # pick by a hash of the client address: what nftables can do
 PROTOCOLS = {"tcp": 6, "udp": 17}  # name -> IP protocol number
 ACCESS = ("raw", "nftables")  # interface access modes: the Python forwarder, the kernel fast path
+VRRP_FAMILIES = ("ipv4", "ipv6")  # what VRRP runs over (dsrlb extension); the first is the default
 CHECK_MODULES = {"tcpopen": "hc", "ping": "ping", "http": "hc"}  # health check -> module it needs
 HEALTH_CHECKS = tuple(CHECK_MODULES)  # canonical order
 
@@ -46,7 +47,7 @@ DEFAULTS = {
     "network": {"name": ""},
     "server": {"method": METHODS[0], "session": 600.0},
     "target": {"weight": 1},
-    "vrrp": {"advert": 1000, "preempt": True, "version": 3},
+    "vrrp": {"advert": 1000, "preempt": True, "version": 3, "family": VRRP_FAMILIES[0]},
     # HA mode bgp (a dsrlb extension): the TUN device whose /32 addresses BIRD announces, BIRD's control
     # socket (read by `show bgp`), seconds of forwarding after the withdraw on a clean stop
     "bgp": {"device": "dsrlb0", "socket": "/run/bird/bird.ctl", "grace": 2.0},

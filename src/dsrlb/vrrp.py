@@ -1,5 +1,8 @@
 """VRRP (RFC 5798 version 3, RFC 3768 version 2) for a pair of balancers sharing VIPs and `virt`.
 
+Over IPv4 (the default) or, with `family ipv6` (version 3 only), over IPv6: adverts from the VRRP
+interface's link-local address to ff02::12 (RFC 5798 5.1.2), listing the IPv6 addresses.
+
 `VrrpRouter` is the protocol state machine; it does no I/O itself: it gets received frames, sends
 frames through a callback and reports state changes, so the daemon wires it to its sockets and tests
 can wire two of them to each other. Beyond the RFC, a master that hears a lower-priority master
@@ -20,7 +23,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from dsrlb.config.model import Vrrp
 from dsrlb.dataplane.packet import checksum, ones_sum
@@ -30,7 +33,9 @@ log = logging.getLogger("dsrlb.vrrp")
 PROTO = 112
 GROUP = IPv4Address("224.0.0.18")
 GROUP_MAC = bytes.fromhex("01005e000012")
-TTL = 255
+TTL = 255  # also the IPv6 hop limit
+GROUP6 = IPv6Address("ff02::12")
+GROUP6_MAC = bytes.fromhex("333300000012")
 
 INIT, BACKUP, MASTER = "init", "backup", "master"
 
@@ -41,8 +46,35 @@ class Advert:
     vrid: int
     priority: int
     interval_cs: int  # centiseconds (version 2: whole seconds converted)
-    source: IPv4Address
-    addresses: tuple[IPv4Address, ...]
+    source: IPv4Address | IPv6Address
+    addresses: tuple[IPv4Address | IPv6Address, ...]
+
+
+IF_INET6 = "/proc/net/if_inet6"
+_TENTATIVE, _DADFAILED = 0x40, 0x08  # IFA_F_* flags: duplicate address detection running, or failed
+
+
+def link_local(interface: str, table: str = IF_INET6) -> tuple[IPv6Address | None, bool]:
+    """The IPv6 link-local address of `interface` as the kernel has it (the source of IPv6 adverts,
+    RFC 5798 5.1.2.1), and whether one exists that is still tentative: (None, True) means wait."""
+    waiting = False
+    try:
+        with open(table) as lines:
+            for line in lines:  # ADDRESS IFINDEX PREFIXLEN SCOPE FLAGS NAME, all hexadecimal but the name
+                fields = line.split()
+                if len(fields) != 6 or fields[5] != interface:
+                    continue
+                address = IPv6Address(bytes.fromhex(fields[0]))
+                flags = int(fields[4], 16)
+                if not address.is_link_local or flags & _DADFAILED:
+                    continue
+                if flags & _TENTATIVE:
+                    waiting = True
+                    continue
+                return address, False
+    except OSError:  # no IPv6 in this kernel
+        pass
+    return None, waiting
 
 
 class BadAdvert(ValueError):
@@ -54,22 +86,31 @@ def build(
     vrid: int,
     priority: int,
     advert_ms: int,
-    source: IPv4Address,
-    addresses: Sequence[IPv4Address],
+    source: IPv4Address | IPv6Address,
+    addresses: Sequence[IPv4Address | IPv6Address],
     mac: bytes,
 ) -> bytes:
-    """An advert as a complete Ethernet frame, sourced from `source` with our MAC."""
+    """An advert as a complete Ethernet frame, sourced from `source` with our MAC. An IPv6 `source`
+    (its link-local address) makes an IPv6 advert to ff02::12; only version 3 runs over IPv6."""
+    if any(a.version != source.version for a in addresses):
+        raise ValueError(f"an advert from {source} lists addresses of the other family")
     addrs = b"".join(a.packed for a in addresses)
+    six = source.version == 6
+    if six and version != 3:
+        raise ValueError("VRRP over IPv6 is version 3")
+    group = GROUP6 if six else GROUP
     if version == 3:
         body = struct.pack("!BBBBH", 0x31, vrid, priority, len(addresses), (advert_ms // 10) & 0x0FFF)
         vrrp = body + b"\0\0" + addrs
-        pseudo = ones_sum(source.packed + GROUP.packed + struct.pack("!HH", PROTO, len(vrrp)))
-        csum = checksum(vrrp, pseudo)
+        csum = checksum(vrrp, _pseudo(source.packed + group.packed, len(vrrp)))
     else:
         body = struct.pack("!BBBBBB", 0x21, vrid, priority, len(addresses), 0, max(1, advert_ms // 1000))
         vrrp = body + b"\0\0" + addrs + b"\0" * 8
         csum = checksum(vrrp)
     vrrp = vrrp[:6] + struct.pack("!H", csum) + vrrp[8:]
+    if six:  # RFC 8200: version 6, traffic class 0xC0 (as IPv4's TOS), no flow label
+        ip = struct.pack("!IHBB", 0x6C000000, len(vrrp), PROTO, TTL) + source.packed + group.packed
+        return GROUP6_MAC + mac + b"\x86\xdd" + ip + vrrp
     ip = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(vrrp), 0, 0, TTL, PROTO, 0, source.packed, GROUP.packed
     )
@@ -77,8 +118,24 @@ def build(
     return GROUP_MAC + mac + b"\x08\x00" + ip + vrrp
 
 
+def _pseudo(addresses: bytes, length: int) -> int:
+    """The one's complement sum of the pseudo-header: source and destination, then for IPv4 zero,
+    protocol and length (RFC 5798 5.2.8), for IPv6 the 32-bit upper-layer length, three zero bytes and
+    the next header (RFC 8200 8.1)."""
+    if len(addresses) == 8:
+        return ones_sum(addresses + struct.pack("!HH", PROTO, length))
+    return ones_sum(addresses + struct.pack("!I3xB", length, PROTO))
+
+
+def source_of(frame: bytes | memoryview) -> bytes:
+    """The packed IP source of an IPv4 or IPv6 frame, unchecked (b"" when too short)."""
+    return bytes(frame[22:38] if frame[12:14] == b"\x86\xdd" else frame[26:30])
+
+
 def parse(frame: bytes) -> Advert:
-    """Validate and decode an advert frame (Ethernet + IPv4 + VRRP); raises BadAdvert."""
+    """Validate and decode an advert frame (Ethernet + IPv4 or IPv6 + VRRP); raises BadAdvert."""
+    if frame[12:14] == b"\x86\xdd":
+        return _parse6(frame)
     if len(frame) < 14 + 20 + 8:
         raise BadAdvert("short")
     ip = frame[14:]
@@ -90,26 +147,49 @@ def parse(frame: bytes) -> Advert:
         raise BadAdvert("ttl")
     if ip[9] != PROTO:
         raise BadAdvert("protocol")
-    source = IPv4Address(ip[12:16])
-    vrrp = ip[ihl:total]
+    return _decode(ip[12:20], ip[ihl:total], IPv4Address)
+
+
+def _parse6(frame: bytes) -> Advert:
+    """An IPv6 advert: no extension headers, to ff02::12, hop limit 255, version 3 (RFC 5798 7.1)."""
+    if len(frame) < 14 + 40 + 8:
+        raise BadAdvert("short")
+    ip = frame[14:]
+    total = 40 + struct.unpack_from("!H", ip, 4)[0]
+    if ip[0] >> 4 != 6 or total > len(ip) or total < 40 + 8:
+        raise BadAdvert("bad_ip")
+    if ip[7] != TTL:
+        raise BadAdvert("ttl")
+    if ip[6] != PROTO:
+        raise BadAdvert("protocol")
+    if ip[24:40] != GROUP6.packed:
+        raise BadAdvert("destination")
+    if ip[40] >> 4 != 3:
+        raise BadAdvert("version")
+    return _decode(ip[8:40], ip[40:total], IPv6Address)
+
+
+def _decode(addresses: bytes, vrrp: bytes, family: type[IPv4Address] | type[IPv6Address]) -> Advert:
+    """The VRRP part; `addresses` are the packed source and destination of the IP header."""
     version, kind = vrrp[0] >> 4, vrrp[0] & 15
     if kind != 1 or version not in (2, 3):
         raise BadAdvert("version")
+    size = 4 if family is IPv4Address else 16
     count = vrrp[3]
-    need = 8 + 4 * count + (8 if version == 2 else 0)
+    need = 8 + size * count + (8 if version == 2 else 0)
     if len(vrrp) < need:
         raise BadAdvert("length")
     if version == 3:
-        pseudo = ones_sum(ip[12:20] + struct.pack("!HH", PROTO, len(vrrp)))
-        ok = checksum(vrrp, pseudo) == 0
+        ok = checksum(vrrp, _pseudo(addresses, len(vrrp))) == 0
         interval = struct.unpack_from("!H", vrrp, 4)[0] & 0x0FFF
     else:
         ok = checksum(vrrp) == 0
         interval = vrrp[5] * 100
     if not ok:
         raise BadAdvert("checksum")
-    addresses = tuple(IPv4Address(vrrp[8 + 4 * i : 12 + 4 * i]) for i in range(count))
-    return Advert(version, vrrp[1], vrrp[2], interval, source, addresses)
+    listed = tuple(family(vrrp[8 + size * i : 8 + size * (i + 1)]) for i in range(count))
+    source = family(addresses[: len(addresses) // 2])
+    return Advert(version, vrrp[1], vrrp[2], interval, source, listed)
 
 
 @dataclass
@@ -127,8 +207,8 @@ class VrrpRouter:
     def __init__(
         self,
         config: Vrrp,
-        source: IPv4Address,
-        addresses: Sequence[IPv4Address],
+        source: IPv4Address | IPv6Address,
+        addresses: Sequence[IPv4Address | IPv6Address],
         mac: bytes,
         send: Callable[[bytes], None],
         on_state: Callable[[str], None],
@@ -147,7 +227,7 @@ class VrrpRouter:
         self._clock = clock
         self.priority = config.priority
         self.state = INIT
-        self.master: IPv4Address | None = None  # last known master
+        self.master: IPv4Address | IPv6Address | None = None  # last known master
         self.master_adver_cs = config.advert_ms // 10  # learned from the master (v3)
         self.counters = Counters()
         self.since = clock()
@@ -165,18 +245,18 @@ class VrrpRouter:
         """The packed source addresses adverts may come from; None: any (no `peers`)."""
         return frozenset(peer.packed for peer in config.peers) if config.peers else None
 
-    def reconfigure(self, config: Vrrp, addresses: Sequence[IPv4Address]) -> None:
+    def reconfigure(self, config: Vrrp, addresses: Sequence[IPv4Address | IPv6Address]) -> None:
         """A reload that keeps vrid, version and source: new priority, timing, addresses and peers."""
         self.config, self.priority, self.addresses = config, config.priority, tuple(addresses)
         self.accepts = self._accepts(config)
 
     def from_peer(self, frame: bytes) -> bool:
-        """Cheap pre-parse check, safe on any thread: the IPv4 source is ours or a peer's (or no
+        """Cheap pre-parse check, safe on any thread: the IP source is ours or a peer's (or no
         `peers` are configured). Our own looped-back adverts pass; `receive` ignores them."""
         accepts = self.accepts
         if accepts is None:
             return True
-        source = frame[26:30]
+        source = source_of(frame)
         return source in accepts or source == self.source.packed
 
     # --- timing (RFC 5798 6.1) ---------------------------------------------------------------
@@ -213,6 +293,9 @@ class VrrpRouter:
             return
         if advert.source == self.source:
             return  # our own advert, looped back
+        if advert.source.version != self.source.version:
+            self.counters.drops["family_mismatch"] += 1
+            return
         if advert.version != self.config.version:
             self.counters.drops["version_mismatch"] += 1
             return
@@ -356,6 +439,7 @@ class VrrpRouter:
             "vrid": c.vrid,
             "priority": self.priority,
             "version": c.version,
+            "family": c.family,
             "advert_ms": c.advert_ms,
             "preempt": c.preempt,
             "ready": self._ready(),

@@ -172,6 +172,12 @@ SPECS = {
         vrrp=dict(vrid=42, priority=200, network=1, peers=["172.16.1.251"]),
     ),
     "role filter, dual stack": role_filter_dual_stack(),
+    "vrrp over ipv6": dict(
+        SEED,
+        networks=[dict(SEED["networks"][0], mask6=64, real6="2001:db8:1::252")],
+        vrrp=dict(vrid=42, priority=200, network=1, family="ipv6", peers=["fe80::1:2", "fe80::2"]),
+    ),
+    "vrrp family ipv4 spelled out": dict(SEED, vrrp=dict(vrid=1, priority=100, network=1, family="ipv4")),
     "bgp": dict(SEED, bgp={}),
     "bgp with keys": dict(SEED, bgp=dict(device="vips0", socket="/run/bird/other.ctl", grace=0.5)),
     "bgp defaults spelled out": dict(SEED, bgp=dict(device="dsrlb0", socket="/run/bird/bird.ctl", grace=2)),

@@ -33,5 +33,6 @@ def test_model_defaults_are_the_vocabulary_defaults():
     assert [f.name for f in dataclasses.fields(model.Settings)] == list(vocabulary.SETTINGS)
     vrrp = model.Vrrp(1, 100, 1)
     assert (
-        dict(advert=vrrp.advert_ms, preempt=vrrp.preempt, version=vrrp.version) == vocabulary.DEFAULTS["vrrp"]
+        dict(advert=vrrp.advert_ms, preempt=vrrp.preempt, version=vrrp.version, family=vrrp.family)
+        == vocabulary.DEFAULTS["vrrp"]
     )

@@ -109,8 +109,11 @@ class Vrrp:
     preempt: bool = _VRRP["preempt"]
     version: int = _VRRP["version"]
     # dsrlb extension: the other balancers of the virtual router, sorted; adverts from any other source
-    # are dropped. Empty: any valid advert counts (RFC behaviour), and `dsrlb check` warns.
-    peers: tuple[IPv4Address, ...] = ()
+    # are dropped. Empty: any valid advert counts (RFC behaviour), and `dsrlb check` warns. With family
+    # ipv6: their IPv6 link-local addresses (the source of their adverts).
+    peers: tuple[IPv4Address | IPv6Address, ...] = ()
+    # dsrlb extension: what VRRP runs over; the addresses of the other family follow its state
+    family: str = _VRRP["family"]
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from dsrlb.vocabulary import (
     MODULES,
     PROTOCOLS,
     STATELESS_METHODS,
+    VRRP_FAMILIES,
 )
 
 MAX_ID = 65535
@@ -281,15 +282,32 @@ def _advert(it: _Item) -> int:
     return value
 
 
-def _peers(it: _Item) -> tuple[IPv4Address, ...]:
-    """`peers A,B`: the other balancers of the virtual router, each once, sorted."""
-    seen: set[IPv4Address] = set()
+def _peer(el: _Item) -> IPv4Address | IPv6Address:
+    """A peer: an IPv4 host, or (family ipv6) an IPv6 link-local address, where IPv6 adverts come from."""
+    if ":" not in el.text:
+        return _host(el)
+    try:
+        addr = IPv6Address(el.text)
+    except ValueError:
+        raise _Fail(el, f"bad IPv6 address {_show(el.text)}") from None
+    if not addr.is_link_local:
+        raise _Fail(
+            el,
+            f"peer {addr} is not link-local: with family ipv6 the peers are the other balancers' IPv6 "
+            "link-local addresses (fe80::/10), the source of their adverts",
+        )
+    return addr
+
+
+def _peers(it: _Item) -> tuple[IPv4Address | IPv6Address, ...]:
+    """`peers A,B`: the other balancers of the virtual router, each once, sorted (IPv4 first)."""
+    seen: set[IPv4Address | IPv6Address] = set()
     for el in _split(it):
-        addr = _host(el)
+        addr = _peer(el)
         if addr in seen:
             raise _Fail(el, f"peer {addr} is listed twice")
         seen.add(addr)
-    return tuple(sorted(seen))
+    return tuple(sorted(seen, key=lambda a: (a.version, int(a))))
 
 
 def _timing(interval: _Item, timeout: _Item) -> tuple[float, float]:
@@ -375,6 +393,27 @@ def _check_vrrp(b: _Block) -> Iterator[tuple[_Item, str]]:
     advert = b.values.get("advert")
     if advert is not None and b.values.get("version") == 2 and advert % 1000:
         yield b.items["advert"], f"advert {advert} must be a multiple of 1000 ms with VRRP version 2"
+    family = b.values.get("family", DEFAULTS["vrrp"]["family"])
+    if family == "ipv6" and b.values.get("version") == 2:
+        yield b.items["version"], "VRRP version 2 runs over IPv4 only: family ipv6 needs version 3"
+    if "peers" in b.values:
+        for el in _split(b.items["peers"]):
+            if (":" in el.text) == (family == "ipv6"):
+                continue
+            if family == "ipv6":
+                why = "is not IPv6: with family ipv6 the peers are the other balancers'"
+                yield (
+                    el,
+                    f"peer {el.text} {why} IPv6 link-local addresses (fe80::/10), their adverts' source",
+                )
+            else:
+                yield (
+                    el,
+                    (
+                        f"peer {el.text} is IPv6 but VRRP runs over IPv4: list the other balancers' IPv4 "
+                        "addresses, or set 'family ipv6' (then the peers are their IPv6 link-local addresses)"
+                    ),
+                )
 
 
 def _build_network(b: _Block, flags: dict[str, bool]) -> model.Network:
@@ -532,6 +571,10 @@ _KINDS: dict[str, _Kind] = {
             "advert": ("advert MILLISECONDS", _advert),
             "preempt": ("preempt on|off", partial(_flag, on="on", off="off", what="preempt")),
             "version": ("version 2|3", partial(_int, lo=2, hi=3, what="version")),
+            "family": (
+                f"family {'|'.join(VRRP_FAMILIES)}",
+                partial(_choice, choices=VRRP_FAMILIES, what="family"),
+            ),
             "peers": ("peers ADDRESS[,ADDRESS...]", _peers),
         },
         required=("vrid", "priority", "network"),
@@ -797,6 +840,13 @@ class _Parser:
             if "network" in b.values and b.values["network"] not in networks:
                 self._error(b.items["network"], f"network {b.values['network']} is not defined")
             self._check_peers(b, networks.get(b.values.get("network")))
+            network = networks.get(b.values.get("network"))
+            if b.values.get("family") == "ipv6" and network is not None and "real6" not in network.values:
+                self._error(
+                    b.items["family"],
+                    f"family ipv6 needs network {network.id} to have 'real6' and 'mask6': VRRP over IPv6 "
+                    "protects the network's IPv6 addresses (virt6, IPv6 VIPs)",
+                )
         self._check_ha_mode()
         self._check_sync()
         self._check_ipv6()
@@ -809,12 +859,17 @@ class _Parser:
         """Peers are other balancers: not this one's real address nor the shared virt. Without peers any
         host on the segment can take over with a forged advert: a warning."""
         if "peers" not in vrrp.keys:
+            example = (
+                "their link-local addresses, e.g. 'peers fe80::5054:ff:fe00:2'"
+                if vrrp.values.get("family") == "ipv6"
+                else "e.g. 'peers 172.16.1.251'"
+            )
             self.warnings.append(
                 (
                     vrrp.head.line,
                     vrrp.head.col,
                     "warning: vrrp has no 'peers': any host on the segment can take over the shared "
-                    "addresses with a forged advert; list the other balancers, e.g. 'peers 172.16.1.251'",
+                    f"addresses with a forged advert; list the other balancers, {example}",
                 )
             )
             return
@@ -1258,7 +1313,7 @@ def _vrrp_keys(vrrp: model.Vrrp) -> list[_Key]:
         *_plain(vrrp, "vrid", "priority", "network"),
         ("advert", vrrp.advert_ms, str(vrrp.advert_ms)),
         ("preempt", vrrp.preempt, "on" if vrrp.preempt else "off"),
-        *_plain(vrrp, "version"),
+        *_plain(vrrp, "version", "family"),
         ("peers", vrrp.peers or None, ",".join(map(str, vrrp.peers))),
     ]
 

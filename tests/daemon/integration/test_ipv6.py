@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 from dsr_lab import HTTP_CLIENT, PYTHON, SEED, WEBS, PairLab
@@ -62,8 +63,9 @@ print(json.dumps({t: sorted(macs) for t, macs in found.items()}))
 """
 
 
-def config(name: str, access: str) -> str:
-    """The seed with the balancer's addresses, IPv6 on its network, an IPv6 server and targets, VRRP."""
+def config(name: str, access: str, family: str = "ipv4", peers: str | None = None) -> str:
+    """The seed with the balancer's addresses, IPv6 on its network, an IPv6 server and targets, VRRP over
+    `family` with `peers` (default: the other balancer's `real`)."""
     peer = "lb2" if name == "lb1" else "lb1"
     text = SEED.read_text()
     text = text.replace("          access raw\n", f"          access {access}\n")
@@ -83,11 +85,15 @@ def config(name: str, access: str) -> str:
         + targets
         + "register servers 1,2\nenable servers 1,2\nregister targets 1-4\nenable targets 1-4\n"
         + f"vrrp {{\n vrid 62\n priority {200 if name == 'lb1' else 100}\n network 1\n advert 100\n"
-        + f" preempt off\n peers {REAL[peer]}\n}}\n"
+        + f" preempt off\n peers {peers or REAL[peer]}\n"
+        + ("" if family == "ipv4" else f" family {family}\n")
+        + "}\n"
     )
 
 
 class V6Lab(PairLab):
+    family = "ipv4"  # what VRRP runs over
+
     def build(self) -> None:
         t = self.topo
         self.build_edge()
@@ -108,7 +114,7 @@ class V6Lab(PairLab):
         self.macs = {host: t.mac(host) for host in ("router", *REAL, *WEBS)}
 
     def config(self, name: str) -> str:
-        return config(name, self.access)
+        return config(name, self.access, self.family)
 
     def wait_state(self, name: str, state: str) -> None:
         self.wait(name, "vrrp", lambda v: v["state"] == state)
@@ -134,10 +140,21 @@ class V6Lab(PairLab):
         return [(f[1], f[3].rstrip(",")) for f in fields]
 
 
+LabT = TypeVar("LabT", bound=V6Lab)
+
+
 @pytest.fixture(scope="module", params=["raw", "nftables"])
 def v6lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[V6Lab]:
-    with Topology(PREFIX) as topo:
-        lab = V6Lab(topo, tmp_path_factory.mktemp("dsrlb-v6"), request.param)
+    yield from running_pair(V6Lab, PREFIX, request.param, tmp_path_factory)
+
+
+def running_pair(
+    kind: type[LabT], prefix: str, access: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabT]:
+    """A lab of `kind` in namespaces named `prefix`-…: lb1 started (master), then lb2 (backup), the targets
+    up; torn down when the generator ends."""
+    with Topology(prefix) as topo:
+        lab = kind(topo, tmp_path_factory.mktemp(prefix), access)
         lab.build()
         lab.start("lb1")
         lab.wait_state("lb1", "master")
@@ -183,6 +200,12 @@ def test_only_the_master_answers_neighbour_solicitations(v6lab: V6Lab) -> None:
 
 
 def test_clean_failover_under_ipv6_load_loses_nothing(v6lab: V6Lab) -> None:
+    clean_failover_under_ipv6_load(v6lab)
+
+
+def clean_failover_under_ipv6_load(v6lab: V6Lab) -> dict:
+    """Stop lb1 (master) under IPv6 load: no request lost, lb2 master, the router's neighbour entry for the
+    VIP on lb2's MAC; returns the load's outcome (ok: answered requests, failed: the others)."""
     pipe = subprocess.PIPE
     load = v6lab.topo.popen(
         "client", PYTHON, "-c", LOAD_LOOP, VIP6, "2", *LOAD6, stdin=pipe, stdout=pipe, stderr=pipe
@@ -198,3 +221,4 @@ def test_clean_failover_under_ipv6_load_loses_nothing(v6lab: V6Lab) -> None:
     neighbours = v6lab.topo.run("router", "ip", "-6", "-j", "neigh", "show", VIP6).stdout
     assert {n["lladdr"] for n in json.loads(neighbours) if "lladdr" in n} == {v6lab.macs["lb2"]}
     assert v6lab.ndp(VIP6) == {VIP6: [v6lab.macs["lb2"]]}
+    return outcome

@@ -1019,3 +1019,63 @@ def test_ping_checks_the_address_family_of_its_target():
     assert [e.split(": ", 1)[1] for e in errors(text)] == [
         "'ping' cannot check target 1 at its ipaddr6 address: use 'ping6'"
     ]
+
+
+# --- VRRP over IPv6 (`family ipv6`, dsrlb extension) -------------------------------------------------------
+DUAL = SEED.replace(
+    "          virt 172.16.1.253\n", "          virt 172.16.1.253\n mask6 64\n real6 2001:db8::252\n"
+)
+
+
+def vrrp6(*lines: str, text: str = DUAL) -> str:
+    return (
+        text
+        + "vrrp {\n vrid 1\n priority 100\n network 1\n"
+        + "".join(f" {line}\n" for line in lines)
+        + "}\n"
+    )
+
+
+def test_vrrp_family_ipv6_is_read_and_rendered_and_ipv4_writes_nothing():
+    config = parse_text(vrrp6("family ipv6", "peers fe80::2,fe80::1:2"))
+    assert config.vrrp is not None and config.vrrp.family == "ipv6"
+    assert config.vrrp.peers == (IPv6Address("fe80::2"), IPv6Address("fe80::1:2"))
+    text = render(config)
+    assert text.endswith("    network 1\n    family ipv6\n    peers fe80::2,fe80::1:2\n}\n")
+    assert same(parse_text(text), config)
+    lone = parse_text(vrrp6("family ipv6"))
+    assert lone.warnings[0].endswith(
+        "list the other balancers, their link-local addresses, e.g. 'peers fe80::5054:ff:fe00:2'"
+    )
+    default = parse_text(vrrp6("family ipv4", "peers 172.16.1.251"))
+    assert default.vrrp is not None and default.vrrp.family == "ipv4"
+    assert "family" not in render(default)
+
+
+def test_vrrp_family_errors_point_at_file_line_col(tmp_path):
+    line = DUAL.count("\n") + 5  # the first key line after vrid, priority, network
+    assert errors(vrrp6("family ipv5")) == [f"<string>:{line}:9: bad family 'ipv5': expected ipv4 or ipv6"]
+    assert errors(vrrp6("family ipv6", "version 2", "advert 1000")) == [
+        f"<string>:{line + 1}:10: VRRP version 2 runs over IPv4 only: family ipv6 needs version 3"
+    ]
+    assert errors(vrrp6("family ipv6", text=SEED)) == [
+        f"<string>:{SEED.count(chr(10)) + 5}:9: family ipv6 needs network 1 to have 'real6' and 'mask6': "
+        "VRRP over IPv6 protects the network's IPv6 addresses (virt6, IPv6 VIPs)"
+    ]
+    assert errors(vrrp6("family ipv6", "peers fe80::2,172.16.1.251")) == [
+        f"<string>:{line + 1}:16: peer 172.16.1.251 is not IPv6: with family ipv6 the peers are the other "
+        "balancers' IPv6 link-local addresses (fe80::/10), their adverts' source"
+    ]
+    assert errors(vrrp6("peers fe80::2")) == [
+        f"<string>:{line}:8: peer fe80::2 is IPv6 but VRRP runs over IPv4: list the other balancers' IPv4 "
+        "addresses, or set 'family ipv6' (then the peers are their IPv6 link-local addresses)"
+    ]
+    assert errors(vrrp6("family ipv6", "peers 2001:db8::251")) == [
+        f"<string>:{line + 1}:8: peer 2001:db8::251 is not link-local: with family ipv6 the peers are the "
+        "other balancers' IPv6 link-local addresses (fe80::/10), the source of their adverts"
+    ]
+    path = tmp_path / "v6.conf"
+    path.write_text(vrrp6("family ipv6", "version 2"))
+    with pytest.raises(ConfigError) as info:
+        parse_file(path)
+    assert info.value.errors[0].startswith(f"{path}:{line + 1}:10: VRRP version 2")

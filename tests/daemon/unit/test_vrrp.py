@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 from scapy.layers.inet import IP
@@ -78,8 +78,12 @@ class Segment:
         preempt: bool = True,
         advert: int = 50,
         ready: bool = True,
+        addresses: list[IPv4Address] | list[IPv6Address] = ADDRS,
+        family: str = "ipv4",
     ) -> VrrpRouter:
-        cfg = Vrrp(vrid=50, priority=priority, network=1, advert_ms=advert, preempt=preempt, version=3)
+        cfg = Vrrp(
+            vrid=50, priority=priority, network=1, advert_ms=advert, preempt=preempt, version=3, family=family
+        )
         router: VrrpRouter
 
         def send(frame: bytes) -> None:
@@ -92,7 +96,9 @@ class Segment:
         def on_state(state: str) -> None:
             self.masters_log.append((asyncio.get_running_loop().time(), name, state))
 
-        router = VrrpRouter(cfg, IPv4Address(source), ADDRS, MAC, send, on_state, lambda: None, lambda: ready)
+        router = VrrpRouter(
+            cfg, ip_address(source), addresses, MAC, send, on_state, lambda: None, lambda: ready
+        )
         router.name = name  # type: ignore[attr-defined]
         self.routers.append(router)
         return router

@@ -377,3 +377,75 @@ def test_sync_refuses_a_virtual_router_of_more_than_two_balancers():
         AnsibleFilterError, match="dsrlb_sync: bngsync pairs one master with one backup, but vrid 7 has 3"
     ):
         vrrp_config("lb1", sync=True)
+
+
+# --- VRRP over IPv6 (family ipv6): the peers are the other balancers' link-local addresses --------------
+
+LINK_LOCAL = {"lb1": "fe80::1", "lb2": "fe80::5054:ff:fe00:2"}
+
+
+def vrrp6_config(host="lb1", hostvars=None, sync=False, vrrp=None):
+    v6 = dict(VRRP, family="ipv6")
+    pair = {
+        name: dict(BALANCERS[name], dsrlb_vrrp=v6, dsrlb_vrrp_link_local=ll)
+        for name, ll in LINK_LOCAL.items()
+    }
+    return vrrp_config(host, vrrp or v6, hosts=("lb1", "lb2"), hostvars=pair | (hostvars or {}), sync=sync)
+
+
+def test_vrrp_family_ipv6_peers_are_link_local_and_syncpeer_stays_ipv4():
+    result = vrrp6_config("lb1", sync=True)
+    assert result["vrrp"] == dict(VRRP, family="ipv6", peers=["fe80::5054:ff:fe00:2"])
+    assert [net.get("syncpeer") for net in result["networks"]] == ["172.16.1.251"]
+    from ansible_collections.dsrlb.fleet.plugins.module_utils.config_render import render
+
+    text = render(dict(result, vrrp=dict(result["vrrp"], priority=100)))
+    assert "\n    family ipv6\n    peers fe80::5054:ff:fe00:2\n}\n" in text
+
+
+def test_vrrp_family_ipv6_link_local_from_facts_and_given_peers():
+    facts = {
+        "ansible_facts": {
+            "default_ipv4": {"interface": "eth-1"},
+            "eth_1": {
+                "ipv6": [
+                    {"address": "2001:db8::2", "scope": "global"},
+                    {"address": "fe80::2", "scope": "link"},
+                ]
+            },
+        },
+        "dsrlb_vrrp_link_local": None,
+    }
+    assert vrrp6_config(
+        "lb1", hostvars={"lb2": dict(BALANCERS["lb2"], dsrlb_vrrp=dict(VRRP, family="ipv6"), **facts)}
+    )["vrrp"]["peers"] == ["fe80::2"]
+    given = dict(VRRP, family="ipv6", peers=["fe80::9"])
+    assert vrrp6_config("lb1", vrrp=given, sync=True)["vrrp"] == given
+    assert vrrp6_config("lb1", vrrp=given, sync=True)["networks"][0]["syncpeer"] == "172.16.1.251"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(hostvars={"lb2": dict(BALANCERS["lb2"], dsrlb_vrrp=dict(VRRP, family="ipv6"))}),
+            "balancer host lb2: VRRP family ipv6 needs its IPv6 link-local address on the data interface",
+        ),
+        (
+            dict(
+                hostvars={
+                    "lb2": dict(
+                        BALANCERS["lb2"],
+                        dsrlb_vrrp=dict(VRRP, family="ipv6"),
+                        dsrlb_vrrp_link_local="2001:db8::2",
+                    )
+                }
+            ),
+            r"balancer host lb2: .* got '2001:db8::2'; set dsrlb_vrrp_link_local",
+        ),
+        (dict(vrrp=dict(VRRP, family="ip6")), "vrrp.family: 'ip6' is not one of ipv4, ipv6"),
+    ],
+)
+def test_bad_vrrp_family_input_says_what_to_fix(kwargs, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        vrrp6_config("lb1", **kwargs)
