@@ -112,12 +112,9 @@ def _line(answer: dict[str, Any]) -> bytes:
     return json.dumps(answer).encode() + b"\n"
 
 
-async def serve(
-    daemon: Controlled, path: str, deadline: float = DEADLINE, max_connections: int = MAX_CONNECTIONS
-) -> asyncio.AbstractServer:
-    """Listen on `path` (mode 0660); a stale socket file from a dead daemon is replaced. At most
-    `max_connections` at once (views.Endpoint), each closed `deadline` s after connecting unless its
-    request is in."""
+def claim(path: str) -> None:
+    """Make `path` ours to listen on: a stale socket file from a dead daemon is removed; a live one
+    raises OSError, before a second daemon touches the interface or the kernel of the first."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX)
@@ -130,6 +127,14 @@ async def serve(
         finally:
             probe.close()
 
+
+async def serve(
+    daemon: Controlled, path: str, deadline: float = DEADLINE, max_connections: int = MAX_CONNECTIONS
+) -> asyncio.AbstractServer:
+    """Listen on `path` (mode 0660); a stale socket file from a dead daemon is replaced. At most
+    `max_connections` at once (views.Endpoint), each closed `deadline` s after connecting unless its
+    request is in."""
+    claim(path)
     endpoint = ENDPOINTS["control"] = Endpoint(max_connections)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -182,7 +182,8 @@ class Daemon:
             log.warning("%s", warning)
         try:
             self.interface, self.network = data_plane_of(self.config)
-        except StartupError as err:
+            control.claim(self.control_path)
+        except (StartupError, OSError) as err:
             print(f"dsrlb: {err}", file=sys.stderr)
             return 1
         try:
@@ -234,7 +235,16 @@ class Daemon:
         gc.set_threshold(*GC_THRESHOLDS)
         self.forwarder.start()
         self.failover.start()
-        servers = await self._start_servers()
+        try:
+            servers = await self._start_servers()
+        except OSError as err:  # the metrics address taken, say: stop before anything depends on us
+            print(f"dsrlb: {err}", file=sys.stderr)
+            self.failover.configure(None, IPv4Address(0), [])
+            self.kernel.remove()
+            self.forwarder.stop()
+            self.ring.close()
+            self.arp_sock.close()
+            return 1
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -356,7 +366,12 @@ class Daemon:
         servers = [await control.serve(self, self.control_path)]
         if self.config.settings.metrics != "off":
             host, _, port = self.config.settings.metrics.rpartition(":")
-            servers.append(await metrics.serve(self, host, int(port)))
+            try:
+                servers.append(await metrics.serve(self, host, int(port)))
+            except OSError:
+                servers[0].close()
+                os.unlink(self.control_path)
+                raise
         return servers
 
     # --- config -------------------------------------------------------------------------------

@@ -214,7 +214,10 @@ class PairLab(Lab):
         raise NotImplementedError
 
     def paths(self, name: str) -> tuple[Path, Path, Path]:
-        return self.workdir / f"{name}.conf", self.workdir / f"{name}.sock", self.workdir / f"{name}.log"
+        """A directory per balancer, as on real hosts: the resignation file lives next to the control
+        socket (resign.path_for), and one shared by both would be removed by the other's clean stop."""
+        (self.workdir / name).mkdir(exist_ok=True)
+        return tuple(self.workdir / name / f"{name}.{ext}" for ext in ("conf", "sock", "log"))  # type: ignore[return-value]
 
     def start(self, name: str) -> None:
         conf, sock, log = self.paths(name)

@@ -115,3 +115,22 @@ def test_dead_packet_loop_ends_the_process_non_zero(lab: Lab) -> None:
             lab.topo.stop(proc)
     finally:
         lab.start_daemon()  # the later tests' daemon
+
+
+def test_a_second_daemon_or_a_taken_metrics_address_is_one_line_and_spares_the_first(lab: Lab) -> None:
+    """The same control socket: refused before the interface or the kernel table is touched. A free
+    socket but the first daemon's metrics address: refused once it is bound, and it cleans up."""
+    assert lab.daemon is not None
+    generation = lab.show("stats")["generation"]  # type: ignore[index]
+    second = lab.workdir / "second.sock"
+    for sock, why in ((lab.sock, "another dsrlb is already listening"), (second, "address already in use")):
+        log = lab.workdir / "second.log"
+        proc = lab.run_daemon("balancer", lab.conf, sock, log)
+        assert proc.wait(15) == 1, log.read_text()
+        lines = [line for line in log.read_text().splitlines() if line.startswith("dsrlb: ")]
+        assert len(lines) == 1 and why in lines[0].lower(), log.read_text()
+        assert "Traceback" not in log.read_text()
+        assert lab.daemon.poll() is None, lab.daemon_log()
+        assert lab.show("stats")["generation"] == generation  # type: ignore[index]
+        assert not failures(lab.http(SOURCES))
+    assert not second.exists()

@@ -44,7 +44,7 @@ LONG_LIVED = CLIENT_SOURCES[20:26]
 LOAD = CLIENT_SOURCES[26:31]
 
 # HTTP/1.1 connections from each source (argv 2...) kept open, one GET every 0.2 s each, until a line
-# arrives on stdin; prints {source: [body or "ERR ..." per request]}.
+# arrives on stdin; prints {source: [[time, body or "ERR ..."] per request]}.
 KEEP_ALIVE = """
 import http.client, json, sys, threading, time
 vip, sources = sys.argv[1], sys.argv[2:]
@@ -54,9 +54,9 @@ def run(src):
     while not done.is_set():
         try:
             conn.request("GET", "/")
-            seen[src].append(conn.getresponse().read().decode().strip())
+            seen[src].append([time.time(), conn.getresponse().read().decode().strip()])
         except OSError as err:
-            seen[src].append(f"ERR {err}")
+            seen[src].append([time.time(), f"ERR {err}"])
             return
         time.sleep(0.2)
 threads = [threading.Thread(target=run, args=(s,)) for s in sources]
@@ -240,12 +240,15 @@ def test_drain_travels_and_open_connections_survive_the_failover(slab: SyncLab) 
         "lb2", "targets", lambda ts: next(t for t in ts if t["id"] == 1)["admin"] in ("draining", "drained")
     )
     failover(slab, "lb1", "lb2")
+    taken_over = time.time()
     time.sleep(1)
     seen = slab.finish(long_lived)
-    on_web1 = {src: bodies for src, bodies in seen.items() if bodies and bodies[0] == "web1"}
+    on_web1 = [src for src, answers in seen.items() if answers and answers[0][1] == "web1"]
     assert on_web1, f"no long-lived connection landed on web1: {seen}"
-    for src, bodies in seen.items():
-        assert len(bodies) > 15 and set(bodies) == {bodies[0]}, (src, bodies)  # no error, never moved
+    for src, answers in seen.items():
+        bodies = [body for _, body in answers]
+        assert set(bodies) == {bodies[0]}, (src, bodies)  # no error, never moved
+        assert sum(at > taken_over for at, _ in answers) >= 2, (src, answers)  # and still served
     assert next(t for t in slab.view("lb2", "targets") if t["id"] == 1)["admin"] in ("draining", "drained")
     after = slab.targets(VIPS[0])
     assert {src: "web2" if t == "web1" else t for src, t in before.items()} == after

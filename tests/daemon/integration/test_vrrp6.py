@@ -66,12 +66,6 @@ print(json.dumps(frames))
 class Vrrp6Lab(V6Lab):
     family = "ipv6"
 
-    def paths(self, name: str) -> tuple[Path, Path, Path]:
-        """A directory per balancer, as on real hosts: the resignation file lives next to the control
-        socket (resign.path_for), and one shared by both would be removed by the other's clean stop."""
-        (self.workdir / name).mkdir(exist_ok=True)
-        return tuple(self.workdir / name / f"{name}.{ext}" for ext in ("conf", "sock", "log"))  # type: ignore[return-value]
-
     def link_local(self, name: str) -> str:
         out = self.topo.run(name, "ip", "-6", "-j", "addr", "show", "dev", "eth0", "scope", "link").stdout
         found = [a["local"] for i in json.loads(out) for a in i.get("addr_info", []) if "local" in a]
