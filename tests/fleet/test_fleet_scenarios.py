@@ -90,11 +90,15 @@ def test_a_failed_rollout_batch_stops_with_its_target_left_drained(fleet: LabRun
     assert "web1" in recap and "web2" not in recap, recap  # the second batch never started
     for lb in ("lb1", "lb2"):
         admin = {t["ipaddr"]: t["admin"] for t in targets(fleet, lb)}
+        # web1's IPv4 and IPv6 targets (the lab's servers 1 and 2) are both drained, web2's both not.
         assert admin["172.16.1.100"] in ("draining", "drained"), (lb, admin)
-        assert admin["172.16.1.101"] == "enabled", (lb, admin)
+        assert admin["2001:db8:1::100"] in ("draining", "drained"), (lb, admin)
+        assert admin["172.16.1.101"] == admin["2001:db8:1::101"] == "enabled", (lb, admin)
     assert set(served_by(fleet)) == {"web2"}  # every client, also web1's earlier ones, goes to web2
     for lb in ("lb1", "lb2"):
-        fleet.exec(lb, DSRLB, "target", "enable", "1")
+        for target in targets(fleet, lb):
+            if target["admin"] != "enabled":
+                fleet.exec(lb, DSRLB, "target", "enable", str(target["id"]))
     assert {(t["admin"], t["health"]) for t in targets(fleet, "lb1")} == {("enabled", "up")}
 
 

@@ -56,6 +56,22 @@ def test_router_forwards_between_segments(lab: LabRun) -> None:
     assert lab.exec("client", "ping", "-c1", "-W2", "-I", "198.18.0.15", "172.16.1.101").returncode == 0
 
 
+def test_router_forwards_ipv6_between_segments(lab: LabRun) -> None:
+    """The default topology is dual-stack: the client reaches the LAN over IPv6 through the router."""
+    assert lab.exec("router", "sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "1"
+    route = lab.exec("client", "ip", "-j", "-6", "route", "get", "2001:db8:1::100").stdout
+    assert json.loads(route)[0]["gateway"] == "2001:db8:2::1"
+    addrs = json.loads(lab.exec("client", "ip", "-j", "-6", "addr", "show", "dev", "eth0").stdout)
+    assert {a["local"] for a in addrs[0]["addr_info"] if a.get("scope") == "global"} == {
+        f"2001:db8:2::{i:x}" for i in range(0x10, 0x21)
+    }
+    assert lab.exec("client", "ping", "-6", "-c1", "-W2", "2001:db8:1::100").returncode == 0
+    assert (
+        lab.exec("client", "ping", "-6", "-c1", "-W2", "-I", "2001:db8:2::15", "2001:db8:1::101").returncode
+        == 0
+    )
+
+
 def test_ansible_ping_and_setup_through_nsenter(lab: LabRun) -> None:
     assert {h: r["ping"] for h, r in lab.adhoc("all", "ansible.builtin.ping").items()} == dict.fromkeys(
         HOSTS, "pong"
@@ -104,6 +120,9 @@ def test_reboot_keeps_the_disk_and_loses_runtime_state(lab: LabRun) -> None:
     assert lab.exec("lb2", "sysctl", "-n", "net.ipv4.conf.all.arp_ignore").stdout.strip() == "0"
     assert "inet 172.16.1.251/24" in lab.exec("lb2", "ip", "-4", "addr", "show", "dev", "eth0").stdout
     assert lab.exec("lb2", "ping", "-c1", "-W2", "172.16.1.254").returncode == 0
+    # IPv6 addresses (nodad: usable at once) and the IPv6 default route are back too.
+    assert "inet6 2001:db8:1::251/64" in lab.exec("lb2", "ip", "-6", "addr", "show", "dev", "eth0").stdout
+    assert lab.exec("lb2", "ping", "-6", "-c1", "-W2", "2001:db8:2::10").returncode == 0
     # Ansible finds the new PID 1 by itself.
     assert lab.adhoc("lb2", "ansible.builtin.ping")["lb2"]["ping"] == "pong"
 
@@ -122,7 +141,10 @@ def test_lab_web_answers_the_client_through_the_router(lab: LabRun) -> None:
     assert (
         lab.exec("client", "curl", "-sS", "--max-time", "5", "http://172.16.1.101/").stdout.strip() == "web2"
     )
-    assert _rx_packets(lab, "router", "eth1") - before >= 6  # both TCP exchanges entered the router
+    for target, address in (("web1", "2001:db8:1::100"), ("web2", "2001:db8:1::101")):  # and over IPv6
+        got = lab.exec("client", "curl", "-sS", "--max-time", "5", f"http://[{address}]/").stdout
+        assert got.strip() == target
+    assert _rx_packets(lab, "router", "eth1") - before >= 12  # the four TCP exchanges entered the router
     assert "changed=0" in lab.playbook("playbooks/lab-web.yml").stdout
 
 

@@ -59,15 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_per_family(addresses: list[str]) -> str:
+    """An interface's first IPv4 and first IPv6 address, and how many more it has."""
+    shown = [a for a in addresses if ":" not in a][:1] + [a for a in addresses if ":" in a][:1]
+    more = len(addresses) - len(shown)
+    return ",".join(shown) + (f"(+{more})" if more else "")
+
+
 def _print_status(hosts: list[HostStatus], as_json: bool, state_dir: str) -> None:
     if as_json:
         print(json.dumps({"state_dir": state_dir, "hosts": [h.as_dict() for h in hosts]}, indent=2))
         return
     print(f"{'HOST':<10} {'PID':>8}  {'STATE':<12} ADDRESSES")
     for h in hosts:
-        addrs = " ".join(
-            f"{i}:{a[0]}" + (f"(+{len(a) - 1})" if len(a) > 1 else "") for i, a in h.addresses.items()
-        )
+        addrs = " ".join(f"{i}:{_first_per_family(a)}" for i, a in h.addresses.items())
         print(f"{h.name:<10} {h.pid or '-':>8}  {h.state:<12} {addrs}")
         if h.failed_units:
             print(f"{'':<21}failed: {', '.join(h.failed_units)}")

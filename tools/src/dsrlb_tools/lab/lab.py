@@ -238,7 +238,13 @@ class Lab:
 def _raw(topo: Topology) -> dict:
     """The topology as plain data (saved with the lab, compared by a later `up`)."""
     return {
-        "segments": {s.name: {"subnet": str(s.subnet)} for s in topo.segments.values()},
+        "segments": {
+            s.name: {
+                **({"subnet": str(s.subnet)} if s.subnet else {}),
+                **({"subnet6": str(s.subnet6)} if s.subnet6 else {}),
+            }
+            for s in topo.segments.values()
+        },
         "hosts": {
             h.name: {
                 "roles": list(h.roles),
@@ -248,6 +254,7 @@ def _raw(topo: Topology) -> dict:
                     for i in h.interfaces
                 ],
                 **({"gateway": str(h.gateway)} if h.gateway else {}),
+                **({"gateway6": str(h.gateway6)} if h.gateway6 else {}),
                 "routes": [{"to": str(r.to), "via": str(r.via)} for r in h.routes],
                 **({"sysctl": dict(h.sysctl)} if h.sysctl else {}),
                 **({"bgp": _raw_bgp(h.bgp)} if h.bgp else {}),

@@ -84,11 +84,23 @@ def wire(lab_id: str, switch_of: dict[str, str], host: Host, pid: int) -> None:
     batch = ["link set lo up"]
     for iface in host.interfaces:
         batch.append(f"link set {iface.name} up")
-        batch += [f"addr add {addr} dev {iface.name}" for addr in iface.addresses]
+        # nodad: an IPv6 address is usable at once, not after duplicate address detection (the lab
+        # hands out each address once: the topology refuses duplicates).
+        batch += [
+            f"addr add {addr} dev {iface.name}" + (" nodad" if addr.version == 6 else "")
+            for addr in iface.addresses
+        ]
     if host.gateway:
         batch.append(f"route add default via {host.gateway}")
+    if host.gateway6:
+        batch.append(f"route add ::/0 via {host.gateway6}")
     batch += [f"route add {r.to} via {r.via}" for r in host.routes]
     inside = ["nsenter", "-t", str(pid), "-n"]
     run([*inside, "ip", "-batch", "-"], stdin="\n".join(batch) + "\n")
-    settings = [f"net.ipv4.ip_forward={int(host.forward)}", *(f"{k}={v}" for k, v in host.sysctl)]
+    forward = int(host.forward)
+    settings = [
+        f"net.ipv4.ip_forward={forward}",
+        f"net.ipv6.conf.all.forwarding={forward}",
+        *(f"{k}={v}" for k, v in host.sysctl),
+    ]
     run([*inside, "sysctl", "-q", "-w", *settings])

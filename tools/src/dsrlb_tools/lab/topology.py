@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -29,23 +30,32 @@ class TopologyError(ValueError):
     """A topology file that cannot be used; the message names the file and the field."""
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class Segment:
     name: str
-    subnet: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network | None
+    subnet6: ipaddress.IPv6Network | None = None
+
+    def network(self, version: int) -> IPNetwork | None:
+        """The segment's subnet of that IP version (4 or 6), if it has one."""
+        return self.subnet if version == 4 else self.subnet6
 
 
 @dataclass(frozen=True)
 class Interface:
     name: str  # eth0, eth1, ... inside the host
     segment: str
-    addresses: tuple[ipaddress.IPv4Interface, ...]
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
 
 
 @dataclass(frozen=True)
 class Route:
-    to: ipaddress.IPv4Network
-    via: ipaddress.IPv4Address
+    to: IPNetwork
+    via: IPAddress
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Host:
     routes: tuple[Route, ...] = ()
     sysctl: tuple[tuple[str, str], ...] = ()
     bgp: Bgp | None = None
+    gateway6: ipaddress.IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -137,10 +148,16 @@ def parse(data: Any) -> Topology:
     for name, spec in _mapping(top["segments"], "segments").items():
         where = f"segments.{name}"
         _check_name(name, where)
-        spec = _mapping(spec, where, required=("subnet",), allowed=("subnet",))
-        segments[name] = Segment(name, _parse(ipaddress.IPv4Network, spec["subnet"], f"{where}.subnet"))
+        spec = _mapping(spec, where, allowed=("subnet", "subnet6"))
+        if "subnet" not in spec and "subnet6" not in spec:
+            raise TopologyError(f"{where}.subnet: missing (an IPv4 subnet, an IPv6 subnet6, or both)")
+        segments[name] = Segment(
+            name,
+            _parse(ipaddress.IPv4Network, spec["subnet"], f"{where}.subnet") if "subnet" in spec else None,
+            _parse(ipaddress.IPv6Network, spec["subnet6"], f"{where}.subnet6") if "subnet6" in spec else None,
+        )
     hosts = {}
-    seen: dict[ipaddress.IPv4Address, str] = {}
+    seen: dict[IPAddress, str] = {}
     bgp_specs = {}
     for name, spec in _mapping(top["hosts"], "hosts").items():
         hosts[name] = _host(name, spec, segments, seen)
@@ -161,7 +178,7 @@ def _host(name: Any, spec: Any, segments: dict[str, Segment], seen: dict) -> Hos
         spec,
         where,
         required=("interfaces",),
-        allowed=("roles", "forward", "interfaces", "gateway", "routes", "sysctl", "bgp"),
+        allowed=("roles", "forward", "interfaces", "gateway", "gateway6", "routes", "sysctl", "bgp"),
     )
     roles = tuple(_list(spec.get("roles", []), f"{where}.roles"))
     for i, role in enumerate(roles):
@@ -184,39 +201,56 @@ def _host(name: Any, spec: Any, segments: dict[str, Segment], seen: dict) -> Hos
         addrs = []
         for j, item in enumerate(_list(ispec["addresses"], f"{iwhere}.addresses")):
             for addr in _expand(item, f"{iwhere}.addresses[{j}]"):
-                if addr not in seg.subnet or addr in (
-                    seg.subnet.network_address,
-                    seg.subnet.broadcast_address,
-                ):
+                net = seg.network(addr.version)
+                if net is None:
+                    key = "subnet" if addr.version == 4 else "subnet6"
                     raise TopologyError(
-                        f"{iwhere}.addresses[{j}]: {addr} is not a host address of {seg.subnet}"
+                        f"{iwhere}.addresses[{j}]: {addr} is IPv{addr.version}, but segment {seg.name!r} "
+                        f"has no {key} (segments.{seg.name}.{key})"
                     )
+                # IPv6 has no broadcast address; its subnet-router anycast (the ::) is no host's either.
+                reserved = (
+                    (net.network_address, net.broadcast_address)
+                    if addr.version == 4
+                    else (net.network_address,)
+                )
+                if addr not in net or addr in reserved:
+                    raise TopologyError(f"{iwhere}.addresses[{j}]: {addr} is not a host address of {net}")
                 if addr in seen:
                     raise TopologyError(f"{iwhere}.addresses[{j}]: {addr} is already used by {seen[addr]}")
                 seen[addr] = name
-                addrs.append(ipaddress.IPv4Interface(f"{addr}/{seg.subnet.prefixlen}"))
+                addrs.append(ipaddress.ip_interface(f"{addr}/{net.prefixlen}"))
         interfaces.append(Interface(f"eth{i}", seg.name, tuple(addrs)))
     if not interfaces:
         raise TopologyError(f"{where}.interfaces: a host needs at least one interface")
-    subnets = [segments[x.segment].subnet for x in interfaces]
+    subnets = [
+        net for x in interfaces for net in (segments[x.segment].subnet, segments[x.segment].subnet6) if net
+    ]
 
-    def on_link(value: Any, at: str) -> ipaddress.IPv4Address:
-        addr = _parse(ipaddress.IPv4Address, value, at)
+    def on_link(value: Any, at: str, version: int | None = None) -> Any:
+        addr = _parse(ipaddress.ip_address, value, at)
+        if version and addr.version != version:
+            raise TopologyError(f"{at}: {addr} is not an IPv{version} address")
         if not any(addr in net for net in subnets):
             raise TopologyError(f"{at}: {addr} is not on any segment of {name}")
         return addr
 
-    gateway = on_link(spec["gateway"], f"{where}.gateway") if "gateway" in spec else None
+    # `gateway` takes either family (an IPv6 one is the IPv6 default route); `gateway6` an IPv6 one.
+    gateways: dict[int, Any] = {}
+    for key in ("gateway", "gateway6"):
+        if key in spec:
+            addr = on_link(spec[key], f"{where}.{key}", 6 if key == "gateway6" else None)
+            if addr.version in gateways:
+                raise TopologyError(
+                    f"{where}.{key}: a second IPv{addr.version} gateway ({gateways[addr.version]} and {addr})"
+                )
+            gateways[addr.version] = addr
     routes = []
     for i, rspec in enumerate(_list(spec.get("routes", []), f"{where}.routes")):
         rwhere = f"{where}.routes[{i}]"
         rspec = _mapping(rspec, rwhere, required=("to", "via"), allowed=("to", "via"))
-        routes.append(
-            Route(
-                _parse(ipaddress.IPv4Network, rspec["to"], f"{rwhere}.to"),
-                on_link(rspec["via"], f"{rwhere}.via"),
-            )
-        )
+        to = _parse(ipaddress.ip_network, rspec["to"], f"{rwhere}.to")
+        routes.append(Route(to, on_link(rspec["via"], f"{rwhere}.via", to.version)))
     sysctl = []
     for key, value in _mapping(spec.get("sysctl", {}), f"{where}.sysctl").items():
         if not isinstance(key, str) or not _SYSCTL_KEY.match(key):
@@ -226,7 +260,16 @@ def _host(name: Any, spec: Any, segments: dict[str, Segment], seen: dict) -> Hos
         if isinstance(value, bool) or not _SYSCTL_VALUE.match(str(value)):
             raise TopologyError(f"{where}.sysctl.{key}: bad value {value!r} (a number or a word)")
         sysctl.append((key, str(value)))
-    return Host(name, roles, tuple(interfaces), forward, gateway, tuple(routes), tuple(sysctl))
+    return Host(
+        name,
+        roles,
+        tuple(interfaces),
+        forward,
+        gateways.get(4),
+        tuple(routes),
+        tuple(sysctl),
+        gateway6=gateways.get(6),
+    )
 
 
 def _bgp(host: Host, spec: Any, hosts: dict[str, Host], segments: dict[str, Segment]) -> Bgp:
@@ -236,7 +279,7 @@ def _bgp(host: Host, spec: Any, hosts: dict[str, Host], segments: dict[str, Segm
         spec, where, required=("asn", "neighbors"), allowed=("asn", "router_id", "neighbors", "bfd")
     )
     asn = _asn(spec["asn"], f"{where}.asn")
-    own = [a for i in host.interfaces for a in i.addresses]
+    own = [a for i in host.interfaces for a in i.addresses if a.version == 4]  # BGP speaks IPv4 here
     router_id = _parse(
         ipaddress.IPv4Address, spec.get("router_id", own[0].ip if own else ""), f"{where}.router_id"
     )
@@ -256,13 +299,15 @@ def _bgp(host: Host, spec: Any, hosts: dict[str, Host], segments: dict[str, Segm
             peer = hosts.get(nspec["host"])
             if peer is None or peer.name == host.name:
                 raise TopologyError(f"{nwhere}.host: {nspec['host']!r} is not another host of the topology")
-            shared = [a.ip for x in peer.interfaces if x.segment in mine for a in x.addresses[:1]]
+            shared = [
+                a.ip for x in peer.interfaces if x.segment in mine for a in x.addresses if a.version == 4
+            ][:1]
             if not shared:
                 raise TopologyError(f"{nwhere}.host: {peer.name} shares no segment with {host.name}")
             address, name = shared[0], peer.name
         else:
             address, name = _parse(ipaddress.IPv4Address, nspec["address"], f"{nwhere}.address"), None
-            if not any(address in segments[x.segment].subnet for x in host.interfaces):
+            if not any(address in (segments[x.segment].subnet or ()) for x in host.interfaces):
                 raise TopologyError(f"{nwhere}.address: {address} is not on any segment of {host.name}")
         if any(n.address == address for n in neighbors):
             raise TopologyError(f"{nwhere}: {address} is already a neighbor")
@@ -279,18 +324,23 @@ def _asn(value: Any, where: str) -> int:
     return value
 
 
-def _expand(item: Any, where: str) -> list[ipaddress.IPv4Address]:
-    """One address, or every address of an inclusive range ``A-B``."""
+def _expand(item: Any, where: str) -> list[IPAddress]:
+    """One IPv4 or IPv6 address, or every address of an inclusive range ``A-B`` (one family)."""
     text = str(item)
     if "-" not in text:
-        return [_parse(ipaddress.IPv4Address, text, where)]
-    first, last = (_parse(ipaddress.IPv4Address, part.strip(), where) for part in text.split("-", 1))
+        return [_parse(ipaddress.ip_address, text, where)]
+    first, last = (_parse(ipaddress.ip_address, part.strip(), where) for part in text.split("-", 1))
+    if first.version != last.version:
+        raise TopologyError(f"{where}: bad range {text!r} (both ends of one IP version)")
     if last < first or int(last) - int(first) > 1024:
         raise TopologyError(f"{where}: bad range {text!r} (first <= last, at most 1024 addresses)")
-    return [ipaddress.IPv4Address(n) for n in range(int(first), int(last) + 1)]
+    return [
+        ipaddress.ip_address(n) if first.version == 4 else ipaddress.IPv6Address(n)
+        for n in range(int(first), int(last) + 1)
+    ]
 
 
-def _parse(kind: type, value: Any, where: str) -> Any:
+def _parse(kind: Callable[[str], Any], value: Any, where: str) -> Any:
     try:
         return kind(str(value))
     except ValueError as err:
