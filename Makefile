@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
-# `upgrade` runs inside `failover` (its verify imports upgrade's, on the same converged pair).
-SCENARIOS := default target balancer failover rollout ecmp
+# `upgrade` and `rollout` run inside `failover` (its verify imports theirs, on the same converged pair).
+SCENARIOS := default target balancer failover ecmp
 
 .PHONY: check test demo deps venv lint test-contract test-collection-unit lint-ansible test-unit test-integration test-lab test-collection test-fleet \
 	test-ha test-deploy test-molecule bench lab-up lab-down clean collection
