@@ -205,7 +205,7 @@ def _link_local(host: str, hv: Mapping[str, t.Any]) -> str:
         ]
         given = found[0] if len(found) == 1 else None
     try:
-        address = ipaddress.IPv6Address(str(given).split("%")[0]) if given else None
+        address = ipaddress.IPv6Address(str(given).split("%", maxsplit=1)[0]) if given else None
     except ValueError:
         address = None
     if address is None or not address.is_link_local:

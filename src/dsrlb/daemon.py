@@ -885,22 +885,24 @@ class Daemon:
                 self._full_due = now + self._refresh_period()
                 peer.send_sessions(self._wire_sessions(await self._snapshot()), full=True)
             if self.kernel_forwards and self._forwarding and (full or now >= self._flows_due):
-                await self._send_kernel_flows(peer, full)
-                # a big map takes long to list: list it at most a tenth of the time
-                self._flows_due = now + max(FLOW_SYNC, FLOW_SYNC_SHARE * (time.monotonic() - now))
+                took = await self._send_kernel_flows(peer, full)
+                self._flows_due = now + max(FLOW_SYNC, FLOW_SYNC_SHARE * took)  # a big map: less often
             self._resync = False
             if self._flows_in:
                 flows, self._flows_in = self._flows_in, []
                 self.flows_refused += self.kernel.add_flows(flows)
 
-    async def _send_kernel_flows(self, peer: sync.SyncPeer, full: bool) -> None:
+    async def _send_kernel_flows(self, peer: sync.SyncPeer, full: bool) -> float:
         """Access nftables: the kernel's flows that are new or changed target since the last listing
-        (all of them when `full`), with the seconds each has left. IPv4 flows only."""
+        (all of them when `full`), with the seconds each has left. IPv4 flows only. Returns the
+        seconds the listing took."""
+        start = time.monotonic()
         try:
             rows = await asyncio.to_thread(self.kernel.flows)
         except NftError as err:
             log.warning("bngsync: cannot list the kernel's flows: %s", err)
-            return
+            return time.monotonic() - start
+        took = time.monotonic() - start
         targets = {mac.hex(":"): ip for ip, mac in self._macs().items()}
         listed: dict[tuple, str] = {}
         out = []
@@ -924,6 +926,7 @@ class Daemon:
         self._flows_sent = listed
         if out:
             peer.send_flows(out)
+        return took
 
     def _peer_flows(self, records: list[sync.Flow]) -> None:
         """Access nftables: the peer's flows go to our kernel's flow map (at the next tick, in batches),

@@ -152,7 +152,7 @@ def running_pair(
     kind: type[LabT], prefix: str, access: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LabT]:
     """A lab of `kind` in namespaces named `prefix`-…: lb1 started (master), then lb2 (backup), the targets
-    up; torn down when the generator ends."""
+    up and lb1 warm; torn down when the generator ends."""
     with Topology(prefix) as topo:
         lab = kind(topo, tmp_path_factory.mktemp(prefix), access)
         lab.build()
@@ -162,7 +162,11 @@ def running_pair(
         lab.wait_state("lb2", "backup")
         lab.daemon = lab.daemons["lb1"]
         lab.sock, lab.log = lab.paths("lb1")[1:]
-        lab.wait_targets({3: "up", 4: "up"}, timeout=20)
+        lab.wait_targets({1: "up", 2: "up", 3: "up", 4: "up"}, timeout=20)
+        log, deadline = lab.paths("lb1")[2], time.monotonic() + 10
+        while "forwarding on eth0" not in log.read_text():  # warm: answers ARP and NDP from now on
+            assert time.monotonic() < deadline, lab.log_of("lb1")
+            time.sleep(0.1)
         yield lab
 
 

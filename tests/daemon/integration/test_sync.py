@@ -190,7 +190,10 @@ def slab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def failover(lab: SyncLab, old: str, new: str) -> dict[str, Any]:
-    """Stop the master `old` cleanly under load; `new` takes over. Returns the load's outcome."""
+    """Stop the master `old` cleanly under load; `new` takes over. Returns the load's outcome. As the
+    balancer role's rolling update does, the master is stopped only once the backup is ready (its
+    targets checked and their MACs known): a backup still warming up takes over without forwarding."""
+    lab.wait(new, "vrrp", lambda v: v["ready"])
     load = lab.background(LOAD_LOOP, VIPS[0], "2", *LOAD)
     time.sleep(1)
     lab.stop(old)
