@@ -31,6 +31,7 @@ from dsrlb_tools.netns import Topology
 
 pytestmark = [
     pytest.mark.root,
+    pytest.mark.incremental,
     pytest.mark.skipif(
         os.geteuid() != 0, reason="integration tests need root: they create network namespaces"
     ),

@@ -30,6 +30,7 @@ from dsrlb_tools.netns import Topology
 
 pytestmark = [
     pytest.mark.root,
+    pytest.mark.incremental,
     pytest.mark.skipif(
         os.geteuid() != 0, reason="integration tests need root: they create network namespaces"
     ),
@@ -183,9 +184,9 @@ def slab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         lab = SyncLab(topo, tmp_path_factory.mktemp("dsrlb-sy"), request.param)
         lab.build()
         lab.start("lb1")
-        lab.wait("lb1", "vrrp", lambda v: v["state"] == "master")
+        lab.wait("lb1", "vrrp", lambda v: v["state"] == "master" and v["ready"])  # forwarding
         lab.start("lb2")
-        lab.wait("lb2", "vrrp", lambda v: v["state"] == "backup")
+        lab.wait("lb2", "vrrp", lambda v: v["state"] == "backup" and v["ready"])
         yield lab
 
 
