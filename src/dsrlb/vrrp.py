@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from dsrlb.config.model import Vrrp
-from dsrlb.dataplane.packet import checksum, ones_sum
+from dsrlb.dataplane.packet import checksum, pseudo_sum
 
 log = logging.getLogger("dsrlb.vrrp")
 
@@ -102,7 +102,7 @@ def build(
     if version == 3:
         body = struct.pack("!BBBBH", 0x31, vrid, priority, len(addresses), (advert_ms // 10) & 0x0FFF)
         vrrp = body + b"\0\0" + addrs
-        csum = checksum(vrrp, _pseudo(source.packed + group.packed, len(vrrp)))
+        csum = checksum(vrrp, pseudo_sum(source.packed + group.packed, PROTO, len(vrrp)))
     else:
         body = struct.pack("!BBBBBB", 0x21, vrid, priority, len(addresses), 0, max(1, advert_ms // 1000))
         vrrp = body + b"\0\0" + addrs + b"\0" * 8
@@ -116,15 +116,6 @@ def build(
     )
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     return GROUP_MAC + mac + b"\x08\x00" + ip + vrrp
-
-
-def _pseudo(addresses: bytes, length: int) -> int:
-    """The one's complement sum of the pseudo-header: source and destination, then for IPv4 zero,
-    protocol and length (RFC 5798 5.2.8), for IPv6 the 32-bit upper-layer length, three zero bytes and
-    the next header (RFC 8200 8.1)."""
-    if len(addresses) == 8:
-        return ones_sum(addresses + struct.pack("!HH", PROTO, length))
-    return ones_sum(addresses + struct.pack("!I3xB", length, PROTO))
 
 
 def source_of(frame: bytes | memoryview) -> bytes:
@@ -180,7 +171,7 @@ def _decode(addresses: bytes, vrrp: bytes, family: type[IPv4Address] | type[IPv6
     if len(vrrp) < need:
         raise BadAdvert("length")
     if version == 3:
-        ok = checksum(vrrp, _pseudo(addresses, len(vrrp))) == 0
+        ok = checksum(vrrp, pseudo_sum(addresses, PROTO, len(vrrp))) == 0
         interval = struct.unpack_from("!H", vrrp, 4)[0] & 0x0FFF
     else:
         ok = checksum(vrrp) == 0

@@ -36,12 +36,18 @@ def checksum(data: bytes | memoryview, initial: int = 0) -> int:
     return ~total & 0xFFFF
 
 
+def pseudo_sum(addresses: bytes, proto: int, length: int) -> int:
+    """The one's complement sum of an upper-layer pseudo-header: source and destination `addresses`
+    (IPv4 or IPv6, packed), protocol and length. Both families sum alike (RFC 768/793, RFC 8200 8.1):
+    IPv6's 32-bit length and next-header fields only add zero words."""
+    return ones_sum(addresses + struct.pack("!HH", proto, length))
+
+
 def fix_l4_checksum(frame: bytearray | memoryview, ip: int, l4: int, end: int) -> bool:
     """Complete the TCP/UDP checksum of an IPv4 or IPv6 frame whose checksum the kernel left unfinished.
 
     `ip` and `l4` are offsets of the IP and transport headers, `end` the end of the IP packet.
-    Returns False for protocols without a checksum we know how to finish. The pseudo-headers of the
-    two families sum alike: addresses, then protocol and length (IPv6's 32-bit fields add zero words).
+    Returns False for protocols without a checksum we know how to finish.
     """
     if frame[ip] >> 4 == 6:
         proto, addresses = frame[ip + 6], bytes(frame[ip + 8 : ip + 40])
@@ -55,8 +61,7 @@ def fix_l4_checksum(frame: bytearray | memoryview, ip: int, l4: int, end: int) -
         return False
     length = end - l4
     frame[at : at + 2] = b"\x00\x00"
-    pseudo = ones_sum(addresses + struct.pack("!HH", proto, length))
-    value = checksum(frame[l4:end], pseudo)
+    value = checksum(frame[l4:end], pseudo_sum(addresses, proto, length))
     if proto == 17 and value == 0:
         value = 0xFFFF
     frame[at : at + 2] = struct.pack("!H", value)
@@ -107,18 +112,13 @@ def icmp_echo_reply(frame: bytes, ip: int, end: int, mac: bytes) -> bytes | None
     return frame[6:12] + mac + ETH_IP + bytes(header) + bytes(icmp)
 
 
-def icmp6_pseudo(src: bytes, dst: bytes, length: int) -> int:
-    """The one's complement sum of an ICMPv6 message's pseudo-header (RFC 8200 8.1)."""
-    return ones_sum(src + dst + struct.pack("!II", length, 58))
-
-
 def icmp6_frame(
     src_mac: bytes, dst_mac: bytes, src: bytes, dst: bytes, hop_limit: int, message: bytes
 ) -> bytes:
     """An Ethernet frame with an IPv6 packet carrying an ICMPv6 message, its checksum filled in."""
     icmp = bytearray(message)
     icmp[2:4] = b"\x00\x00"
-    icmp[2:4] = struct.pack("!H", checksum(icmp, icmp6_pseudo(src, dst, len(icmp))))
+    icmp[2:4] = struct.pack("!H", checksum(icmp, pseudo_sum(src + dst, 58, len(icmp))))
     header = struct.pack("!IHBB", 0x60000000, len(icmp), 58, hop_limit)
     return dst_mac + src_mac + ETH_IPV6 + header + src + dst + bytes(icmp)
 
@@ -162,7 +162,7 @@ def neighbor_discovery(frame: bytes, ip: int, end: int) -> tuple[int, int, bytes
     src, dst = frame[ip + 8 : ip + 24], frame[ip + 24 : ip + 40]
     if kind not in (NS, NA) or target[0] == 0xFF:
         return None
-    if checksum(frame[l4:end], icmp6_pseudo(src, dst, end - l4)) != 0:
+    if checksum(frame[l4:end], pseudo_sum(src + dst, 58, end - l4)) != 0:
         return None
     lladdr = None
     at = l4 + 24
@@ -185,6 +185,6 @@ def icmp6_echo_reply(frame: bytes, ip: int, end: int, mac: bytes) -> bytes | Non
     if end - l4 < 8 or frame[l4] != 128:
         return None
     src, dst = frame[ip + 8 : ip + 24], frame[ip + 24 : ip + 40]
-    if checksum(frame[l4:end], icmp6_pseudo(src, dst, end - l4)) != 0:
+    if checksum(frame[l4:end], pseudo_sum(src + dst, 58, end - l4)) != 0:
         return None
     return icmp6_frame(mac, frame[6:12], dst, src, 64, b"\x81" + frame[l4 + 1 : end])

@@ -28,7 +28,7 @@ from dsrlb.dataplane.packet import (
     neighbor_advertisement,
     neighbor_discovery,
     neighbor_solicitation,
-    ones_sum,
+    pseudo_sum,
 )
 
 OWN = "02:00:00:00:00:01"
@@ -45,7 +45,7 @@ def udp_payload_summing_to_zero() -> bytes:
     frame = udp_frame(b"\0\0")
     ip, l4 = 14, 34
     frame[l4 + 6 : l4 + 8] = b"\0\0"
-    pseudo = ones_sum(bytes(frame[ip + 12 : ip + 20]) + struct.pack("!HH", 17, len(frame) - l4))
+    pseudo = pseudo_sum(bytes(frame[ip + 12 : ip + 20]), 17, len(frame) - l4)
     rest = 0xFFFF - checksum(frame[l4:], pseudo)  # the sum so far; the payload word completes it to 0xFFFF
     return struct.pack("!H", 0xFFFF - rest)
 
