@@ -2,20 +2,22 @@
 
 One run, same topology, same offered load, each path in two placements of the balancer's work.
 
-Topology (namespaces under the prefix `dsrlb-bench`, one bridge): client 172.16.1.50, balancer
-172.16.1.252, targets .100/.101 owning the VIP 172.16.1.10 on `lo` with the DSR ARP sysctls. In the
-client a small C generator (bench_gen.c, compiled into a temporary directory; sendmmsg on a packet
-socket) sends 60-byte TCP SYNs to VIP:80 from 4096 source address/port pairs, addressed to the
-balancer's MAC, as fast as it can.
+Topology (namespaces under the prefix `dsrlb-bench`, one bridge, dual-stack): client 172.16.1.50
+(2001:db8:1::32), balancer 172.16.1.252 (2001:db8:1::fc), targets .100/.101 (::64/::65) owning the VIPs
+172.16.1.10 and 2001:db8:1::10 on `lo`, with the DSR ARP sysctls. In the client a small C generator
+(bench_gen.c, compiled into a temporary directory; sendmmsg on a packet socket) sends minimal TCP SYNs
+to VIP:80 of one family (--family; 60-byte frames for IPv4, 74 for IPv6) from 4096 source
+address/port pairs, addressed to the balancer's MAC, as fast as it can.
 
-  kernel    the balancer forwards with ip_forward=1 and a multipath route for the VIP via the targets
+  kernel    the balancer forwards (ip_forward=1, or IPv6 forwarding) with a multipath route for the
+            VIP via the targets
   raw       ip_forward=0, dsrlb with `access raw`: the Python forwarder
   nftables  ip_forward=0, dsrlb with `access nftables`: the daemon's netdev-ingress table forwards
 
-Delivered = SYNs the targets' TCP accepted (Tcp InSegs - InCsumErrors of /proc/net/snmp: right MAC,
-right address, valid checksum), not frames seen on a wire. One core is "the network": the
-generator, the switch and the targets (receive steering of the switch port facing the balancer
-brings what the balancer sends there). The balancer's work is placed
+Delivered = SYNs the targets' TCP accepted (Tcp InSegs - InCsumErrors of /proc/net/snmp, which counts
+both families: right MAC, right address, valid checksum), not frames seen on a wire. One core is
+"the network": the generator, the switch and the targets (receive steering of the switch port facing
+the balancer brings what the balancer sends there). The balancer's work is placed
 
   free      on the other core: its receive path steered there with RPS, the dsrlb process pinned there;
             for raw, the receive path stays on the network's core (its best placement: a Python loop
@@ -40,22 +42,64 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib.resources import files
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 from dsrlb_tools.netns import SWITCH, Topology, net_dev_counters, snmp_counters
 
 PREFIX = "dsrlb-bench"
-VIP = "172.16.1.10"
 PORT = 80
-BALANCER = "172.16.1.252"
-TARGETS = {"target1": "172.16.1.100", "target2": "172.16.1.101"}
-CLIENT = "172.16.1.50"
 SOURCES = 4096  # distinct (source address, source port) pairs, one per generator ring slot
-FRAME_BYTES = 60  # smallest Ethernet frame (without FCS): the benchmark is about packets/s
 WARMUP = 1.0
 PATHS = ("kernel", "raw", "nftables")
+
+
+@dataclass(frozen=True)
+class Family:
+    """The addresses of one IP version on the dual-stack topology, and what its traffic looks like."""
+
+    name: str
+    prefix: int  # of the shared segment
+    balancer: str
+    client: str
+    vip: str
+    targets: dict[str, str]
+    sources: str  # the generated clients: SOURCES addresses from here, routed nowhere
+    frame_bytes: int  # the smallest frame carrying a TCP SYN (Ethernet's minimum is 60 without FCS)
+    forwarding: str  # the sysctl that makes the kernel forward this family
+    key: str  # "" or "6": BalanceNG's `ipaddr`/`ipaddr6`, `ping`/`ping6`
+
+    def source(self, i: int) -> bytes:
+        return (ip_address(self.sources) + i).packed
+
+
+FAMILIES = {
+    "ipv4": Family(
+        name="ipv4",
+        prefix=24,
+        balancer="172.16.1.252",
+        client="172.16.1.50",
+        vip="172.16.1.10",
+        targets={"target1": "172.16.1.100", "target2": "172.16.1.101"},
+        sources="198.18.0.0",
+        frame_bytes=60,
+        forwarding="net.ipv4.ip_forward",
+        key="",
+    ),
+    "ipv6": Family(
+        name="ipv6",
+        prefix=64,
+        balancer="2001:db8:1::fc",
+        client="2001:db8:1::32",
+        vip="2001:db8:1::10",
+        targets={"target1": "2001:db8:1::64", "target2": "2001:db8:1::65"},
+        sources="2001:db8:198:18::",
+        frame_bytes=74,
+        forwarding="net.ipv6.conf.all.forwarding",
+        key="6",
+    ),
+}
 
 DSRLB_CONFIG = """\
 // dsrlb bench: the seed's shape, access {access}
@@ -71,12 +115,14 @@ network   1 {{
           addr 172.16.1.0
           mask 255.255.255.0
           real {balancer}
+          mask6 64
+          real6 {balancer6}
           interface 1
 }}
 register  network 1
 enable    network 1
 server    1 {{
-          ipaddr {vip}
+          ipaddr{v} {vip}
           port {port}
           protocol tcp
           targets 1,2
@@ -84,17 +130,17 @@ server    1 {{
 register  server 1
 enable    server 1
 target    1 {{
-          ipaddr {target1}
+          ipaddr{v} {target1}
           port {port}
           protocol tcp
-          ping 1,3
+          ping{v} 1,3
           dsr enable
 }}
 target    2 {{
-          ipaddr {target2}
+          ipaddr{v} {target2}
           port {port}
           protocol tcp
-          ping 1,3
+          ping{v} 1,3
           dsr enable
 }}
 register  targets 1,2
@@ -127,19 +173,23 @@ class BenchError(Exception):
     """A setup step failed: reported as one line, never as a traceback."""
 
 
-def build_frames(dst_mac: bytes, src_mac: bytes) -> bytes:
-    """SOURCES TCP SYNs to VIP:PORT from distinct sources, checksums complete, padded to FRAME_BYTES."""
-    from dsrlb.dataplane.packet import checksum
+def build_frames(family: Family, dst_mac: bytes, src_mac: bytes) -> bytes:
+    """SOURCES TCP SYNs to the family's VIP:PORT from distinct sources, checksums complete, each
+    family.frame_bytes long."""
+    from dsrlb.dataplane.packet import checksum, pseudo_sum
 
-    vip = IPv4Address(VIP).packed
+    vip = ip_address(family.vip).packed
     frames = []
     for i in range(SOURCES):
-        src = IPv4Address(f"198.18.{i >> 8 & 0xFF}.{i & 0xFF}").packed
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, i & 0xFFFF, 0, 64, 6, 0, src, vip))
-        struct.pack_into("!H", ip, 10, checksum(ip))
+        src = family.source(i)
         tcp = bytearray(struct.pack("!HHIIBBHHH", 1024 + i, PORT, i, 0, 5 << 4, 0x02, 64240, 0, 0))
-        struct.pack_into("!H", tcp, 16, checksum(src + vip + struct.pack("!BBH", 0, 6, len(tcp)) + tcp))
-        frames.append((dst_mac + src_mac + b"\x08\x00" + ip + tcp).ljust(FRAME_BYTES, b"\x00"))
+        struct.pack_into("!H", tcp, 16, checksum(tcp, pseudo_sum(src + vip, 6, len(tcp))))
+        if family.name == "ipv6":
+            ether, ip = b"\x86\xdd", struct.pack("!IHBB", 0x60000000, len(tcp), 6, 64) + src + vip
+        else:
+            header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i & 0xFFFF, 0, 64, 6, 0, src, vip)
+            ether, ip = b"\x08\x00", header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+        frames.append((dst_mac + src_mac + ether + ip + bytes(tcp)).ljust(family.frame_bytes, b"\x00"))
     return b"".join(frames)
 
 
@@ -211,8 +261,8 @@ class Daemon:
 class Bench:
     """The topology, the generator and the cores of one run; `phase()` measures one path in one placement."""
 
-    def __init__(self, topo: Topology, workdir: Path, seconds: float) -> None:
-        self.topo, self.workdir, self.seconds = topo, workdir, seconds
+    def __init__(self, topo: Topology, workdir: Path, seconds: float, family: Family) -> None:
+        self.topo, self.workdir, self.seconds, self.family = topo, workdir, seconds, family
         cores = sorted(os.sched_getaffinity(0))[:2]
         self.net_cpu = cores[0]
         self.placements = {"free": cores[-1], "shared": cores[0]} if len(cores) > 1 else {"shared": cores[0]}
@@ -223,17 +273,18 @@ class Bench:
         self.frames = workdir / "frames"
         self.frames.write_bytes(
             build_frames(
+                family,
                 bytes.fromhex(topo.mac("balancer").replace(":", "")),
                 bytes.fromhex(topo.mac("client").replace(":", "")),
             )
         )
 
     def _build(self) -> None:
-        topo = self.topo
-        for host in ("client", "balancer", *TARGETS):
+        topo, v4, v6 = self.topo, FAMILIES["ipv4"], FAMILIES["ipv6"]
+        for host in ("client", "balancer", *v4.targets):
             topo.add_host(host)
-        topo.connect("client", addrs=[f"{CLIENT}/24"])
-        topo.connect("balancer", addrs=[f"{BALANCER}/24"])
+        for host in ("client", "balancer"):
+            topo.connect(host, addrs=[f"{getattr(f, host)}/{f.prefix}" for f in (v4, v6)])
         # No reverse-path filtering or redirects: the generated sources (198.18/16) are not routed
         # here, and a forwarder sending back out of the interface it received on would emit redirects.
         quiet = {
@@ -243,9 +294,10 @@ class Bench:
             "net.ipv4.conf.default.send_redirects": 0,
         }
         topo.sysctl("balancer", quiet)
-        for host, addr in TARGETS.items():
-            topo.connect(host, addrs=[f"{addr}/24"])
-            topo.addr(host, f"{VIP}/32", "lo")
+        for host in v4.targets:
+            topo.connect(host, addrs=[f"{f.targets[host]}/{f.prefix}" for f in (v4, v6)])
+            topo.addr(host, f"{v4.vip}/32", "lo")
+            topo.addr(host, f"{v6.vip}/128", "lo")  # Linux answers no neighbour solicitation for it
             # No default route: the targets cannot answer the unroutable sources (no RST storm back).
             topo.sysctl(
                 host, {**quiet, "net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2}
@@ -270,18 +322,30 @@ class Bench:
         rx_cpu = self.net_cpu if path == "raw" else cpu
         self._steer("balancer", "eth0", rx_cpu)
         where = f"receive on cpu{rx_cpu}" + ("" if path == "kernel" else f", dsrlb on cpu{cpu}")
+        family = self.family
         if path == "kernel":
-            self.topo.sysctl("balancer", {"net.ipv4.ip_forward": 1})
+            self.topo.sysctl("balancer", {family.forwarding: 1})
+            vip = family.vip
             self.topo.route(
-                "balancer", f"{VIP}/32", *(w for a in TARGETS.values() for w in ("nexthop", "via", a))
+                "balancer", vip, *(w for a in family.targets.values() for w in ("nexthop", "via", a))
             )
             try:
                 return self._measure(path, placement, where, None)
             finally:
-                self.topo.run("balancer", "ip", "route", "del", f"{VIP}/32", check=False)
-                self.topo.sysctl("balancer", {"net.ipv4.ip_forward": 0})
+                self.topo.run("balancer", "ip", "route", "del", vip, check=False)
+                self.topo.sysctl("balancer", {family.forwarding: 0})
         conf, sock, log = (self.workdir / f"{path}-{placement}.{name}" for name in ("conf", "sock", "log"))
-        conf.write_text(DSRLB_CONFIG.format(access=path, balancer=BALANCER, vip=VIP, port=PORT, **TARGETS))
+        conf.write_text(
+            DSRLB_CONFIG.format(
+                access=path,
+                balancer=FAMILIES["ipv4"].balancer,
+                balancer6=FAMILIES["ipv6"].balancer,
+                v=family.key,
+                vip=family.vip,
+                port=PORT,
+                **family.targets,
+            )
+        )
         with log.open("w") as out:  # a file, not a pipe nobody drains: the daemon must never block on it
             proc = self.topo.popen(
                 "balancer",
@@ -299,7 +363,7 @@ class Bench:
 
     def _snapshot(self, daemon_pid: int | None) -> dict[str, Any]:
         delivered = {}
-        for host in TARGETS:
+        for host in self.family.targets:
             tcp = snmp_counters(self.topo.proc_net(host, "snmp"), "Tcp")
             delivered[host] = tcp["InSegs"] - tcp["InCsumErrors"]
         balancer = net_dev_counters(self.topo.proc_net("balancer", "dev"), "eth0")
@@ -317,7 +381,7 @@ class Bench:
             gen = self.topo.popen(
                 "client",
                 *("taskset", "-c", str(self.net_cpu)),
-                *(str(self.generator), "eth0", str(FRAME_BYTES)),
+                *(str(self.generator), "eth0", str(self.family.frame_bytes)),
                 stdin=frames,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -334,7 +398,7 @@ class Bench:
         finally:
             self.topo.stop(gen)
         elapsed = after["time"] - before["time"]
-        per_target = {h: after["delivered"][h] - before["delivered"][h] for h in TARGETS}
+        per_target = {h: after["delivered"][h] - before["delivered"][h] for h in self.family.targets}
         delivered = sum(per_target.values())
         tick = 1 / os.sysconf("SC_CLK_TCK")
         busy = {c: (after["cpu"][c][0] - before["cpu"][c][0]) * tick for c in self.cores}  # seconds
@@ -361,16 +425,16 @@ class Bench:
         )
 
 
-def run_bench(seconds: float) -> dict[str, Any]:
+def run_bench(seconds: float, family: Family) -> dict[str, Any]:
     """Build the topology, measure every path in every placement, always tear down."""
     with Topology(PREFIX) as topo, tempfile.TemporaryDirectory(prefix="dsrlb-bench-") as tmp:
-        bench = Bench(topo, Path(tmp), seconds)
+        bench = Bench(topo, Path(tmp), seconds, family)
         phases = [bench.phase(path, placement) for placement in bench.placements for path in PATHS]
     for p in phases:
         kernel = next(k for k in phases if k.placement == p.placement and k.path == "kernel")
         p.ratio = p.delivered_pps / kernel.delivered_pps if kernel.delivered_pps else 0.0
     return {
-        "traffic": f"{FRAME_BYTES}-byte TCP SYNs to {VIP}:{PORT} from {SOURCES} sources",
+        "traffic": f"{family.frame_bytes}-byte TCP SYNs to {family.vip} port {PORT} from {SOURCES} sources",
         "network_cpu": f"cpu{bench.net_cpu}",
         "placements": {name: f"cpu{cpu}" for name, cpu in bench.placements.items()},
         "busy_before": bench.background,
@@ -412,6 +476,9 @@ def _figure(value: float | None, width: int) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dsrlb bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement window per phase (default 5)")
+    parser.add_argument(
+        "--family", choices=sorted(FAMILIES), default="ipv4", help="of the VIP and the traffic (default ipv4)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     if args.seconds <= 0:
@@ -420,7 +487,7 @@ def main(argv: list[str]) -> int:
         print("dsrlb bench: needs root (it creates network namespaces)", file=sys.stderr)
         return 1
     try:
-        result = run_bench(args.seconds)
+        result = run_bench(args.seconds, FAMILIES[args.family])
     except (BenchError, subprocess.CalledProcessError, OSError) as err:
         detail = err.stderr.strip() if isinstance(err, subprocess.CalledProcessError) and err.stderr else ""
         print(f"dsrlb bench: {err}{': ' + detail if detail else ''}", file=sys.stderr)
