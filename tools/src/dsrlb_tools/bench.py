@@ -304,6 +304,9 @@ class Bench:
             )
         # What the balancer sends is the network's work (switch, targets), in every phase.
         self._steer(SWITCH, self.topo.ports[("balancer", "eth0")], self.net_cpu)
+        # Before its link-local passes DAD the balancer cannot resolve a target, and the kernel would
+        # drop what it forwards meanwhile: the first (kernel) phase measured 0.6x its later self.
+        topo.wait_link_local()
 
     def _busy_share(self, seconds: float) -> dict[str, float]:
         """Share of each core busy over `seconds`: before the run, other work that will skew the figures."""

@@ -153,6 +153,21 @@ class Topology:
         """Add an address; an IPv6 one without duplicate address detection, so it is usable at once."""
         _ip("-n", self.ns(host), "addr", "add", cidr, "dev", ifname, *(("nodad",) if ":" in cidr else ()))
 
+    def wait_link_local(self, timeout: float = 10.0) -> None:
+        """Wait until no host has a tentative IPv6 address (the link-locals, which get DAD at link up).
+
+        Until its link-local passes DAD an interface sends no neighbour solicitation, so a host
+        forwarding IPv6 silently drops what it cannot resolve meanwhile."""
+        deadline = time.monotonic() + timeout
+        waiting = list(self.hosts)
+        while waiting:
+            waiting = [h for h in waiting if _ip("-n", self.ns(h), "-6", "addr", "show", "tentative").stdout]
+            if waiting and time.monotonic() > deadline:
+                hosts = ", ".join(waiting)
+                raise TimeoutError(f"IPv6 addresses still tentative after {timeout:.0f} s on {hosts}")
+            if waiting:
+                time.sleep(0.1)
+
     def route(self, host: str, *spec: str) -> None:
         """`ip route replace SPEC…` inside the host, e.g. route("web1", "default", "via", "10.0.0.1")."""
         _ip("-n", self.ns(host), "route", "replace", *spec)
